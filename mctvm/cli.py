@@ -1,0 +1,179 @@
+"""The `mctvm` command line: compile, run, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MctvmError
+
+
+def _shape_option(text: str):
+    try:
+        name, dims = text.split("=", 1)
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--shape takes NAME=D1,D2,... (for example input=64,1,28,28), got '{text}'"
+        ) from None
+
+
+def cmd_compile(args):
+    import mctvm
+
+    model = mctvm.compile(args.model, K=args.K, target=args.target, shapes=dict(args.shape),
+                          dump_dir=args.dump_ir)
+    out = args.output or Path(args.model).with_suffix(".so").name
+    path = model.export_library(out)
+    print(f"compiled {args.model} for {model.target.kind.name} -> {path}")
+    for info in model.input_info:
+        print(f"  input  {info.name}: {list(info.shape)} {info.dtype}")
+    for info in model.output_info:
+        print(f"  output {info.name}: {list(info.shape)} {info.dtype}")
+
+
+def _read_inputs(model, specs):
+    arrays = {}
+    names = [info.name for info in model.input_info]
+    for position, spec in enumerate(specs):
+        name, _, path = spec.rpartition("=")
+        if not name:
+            if position >= len(names):
+                raise MctvmError(f"more --input files than model inputs {names}")
+            name = names[position]
+        arrays[name] = np.load(path)
+    return arrays
+
+
+def cmd_run(args):
+    import mctvm
+
+    model = mctvm.load(args.library)
+    inputs = _read_inputs(model, args.input) if args.input else dict(
+        zip([i.name for i in model.input_info], model.random_inputs()))
+    outputs = model(**inputs)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    for info, array in zip(model.output_info, outputs):
+        flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
+        print(f"{info.name}: shape {list(array.shape)} {array.dtype}; "
+              f"argmax per row {flat.argmax(axis=1)[:16].tolist()}")
+    if args.output:
+        if len(outputs) == 1:
+            np.save(args.output, outputs[0])
+        else:
+            np.savez(args.output, **{i.name: a for i, a in zip(model.output_info, outputs)})
+        print(f"wrote {args.output}")
+    if args.benchmark:
+        print(f"latency: {model.benchmark(repeat=args.benchmark)}")
+
+
+def cmd_info(args):
+    if args.model.endswith((".so", ".tar", ".dll", ".dylib")):
+        import mctvm
+
+        model = mctvm.load(args.model)
+        print(json.dumps(model.metadata, indent=2))
+        return
+    from . import frontend
+
+    proto = frontend.load_model(args.model)
+    print(f"model: {args.model}  graph '{proto.graph.name}'  producer "
+          f"{proto.producer_name} {proto.producer_version}")
+    print(f"opset: {frontend.default_opset(proto)}  (imported at >= {frontend.MIN_OPSET})")
+    for value in frontend.graph_inputs(proto):
+        dims = [d.dim_value or d.dim_param or "?" for d in value.type.tensor_type.shape.dim]
+        print(f"input  {value.name}: {dims}")
+    for value in proto.graph.output:
+        dims = [d.dim_value or d.dim_param or "?" for d in value.type.tensor_type.shape.dim]
+        print(f"output {value.name}: {dims}")
+    weights = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    print(f"weights: {weights:,} values in {len(proto.graph.initializer)} initializers")
+    counts = collections.Counter(node.op_type for node in proto.graph.node)
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())))
+    try:
+        frontend.check_supported(proto)
+        print("all ops are supported")
+    except MctvmError as err:
+        print(f"unsupported: {err}")
+
+
+def cmd_demo(args):
+    """Compile the built-in model, measure its accuracy and latency."""
+    import mctvm
+    from . import models
+    from .evaluate import accuracy
+
+    path = models.default_model()
+    card = models.model_card()
+    name, x, labels = models.evaluation_set()
+    print(f"built-in model: {path.name} ({card['architecture']})")
+    started = time.perf_counter()
+    model = mctvm.compile(path, K=None, target=args.target,
+                          shapes={"input": (args.batch, 1, 28, 28)})
+    print(f"compiled for {model.target.kind.name} in {time.perf_counter() - started:.1f} s")
+    acc = accuracy(model, x, labels)
+    print(f"accuracy on {name}: {100 * acc:.2f}%  (recorded float accuracy on the 10k test set: "
+          f"{100 * card['float_accuracy_10k']:.2f}%)")
+    single = mctvm.compile(path, K=None, target=args.target, shapes={"input": (1, 1, 28, 28)})
+    for batch, compiled in ((1, single), (args.batch, model)):
+        stats = compiled.benchmark(repeat=5)
+        print(f"latency batch {batch:>3}: {stats.median_ms:8.3f} ms  "
+              f"({stats.median_ms / batch:.3f} ms/image)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mctvm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a deployable library")
+    p.add_argument("model")
+    p.add_argument("--target", default="llvm",
+                   help="cpu | llvm | cuda | a JSON target dict (default: llvm, this CPU)")
+    p.add_argument("--K", type=float, default=None, help="MCQ samples per value (default: float)")
+    p.add_argument("--shape", type=_shape_option, action="append", default=[],
+                   help="concrete shape of an input with dynamic dims: NAME=D1,D2,...")
+    p.add_argument("-o", "--output", help="library to write (.so, or .tar of object files)")
+    p.add_argument("--dump-ir", help="folder to write the IR after each pipeline phase")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled library on .npy inputs")
+    p.add_argument("library")
+    p.add_argument("--input", action="append", default=[],
+                   help="an .npy file, in input order, or NAME=file.npy (default: random)")
+    p.add_argument("-o", "--output", help="write the output(s) to .npy/.npz")
+    p.add_argument("--benchmark", type=int, nargs="?", const=10, default=0,
+                   help="also time the program (repeat count, default 10)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("info", help="describe an ONNX model or a compiled library")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="compile and run the built-in Fashion-MNIST model")
+    p.add_argument("--target", default="llvm")
+    p.add_argument("--batch", type=int, default=64)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MctvmError as err:
+        print(f"mctvm: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # unreadable --input or output path
+        print(f"mctvm: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Small ONNX models built in code with random weights, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def name(self, stem):
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def weight(self, stem, shape, scale=None):
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+        scale = np.sqrt(2.0 / fan_in) if scale is None else scale
+        return self.const(stem, (self.rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def const(self, stem, array):
+        name = self.name(stem)
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type, inputs, stem=None, **attrs):
+        out = self.name(stem or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def model(self, name, inputs, outputs):
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
+
+
+def cnn(channels=(8, 16), image=(1, 16, 16), classes=10, batch="batch", seed=0):
+    """Conv-ReLU-MaxPool blocks, then Flatten and Gemm: a tiny VGG."""
+    g = _Graph(seed)
+    x = "input"
+    c_in, h, w = image
+    for c_out in channels:
+        x = g.op("Conv", [x, g.weight("w", (c_out, c_in, 3, 3)), g.weight("b", (c_out,), 0.1)],
+                 "conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+        x = g.op("Relu", [x])
+        x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+        c_in, h, w = c_out, h // 2, w // 2
+    x = g.op("Flatten", [x], axis=1)
+    x = g.op("Gemm", [x, g.weight("fc", (classes, c_in * h * w)), g.weight("fcb", (classes,), 0.1)],
+             "fc", transB=1)
+    return g.model(
+        "tiny_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *image])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, classes])],
+    )
+
+
+def transformer(seq=32, dim=64, heads=4, ffn=256, layers=1, batch="batch", seed=0):
+    """Encoder layers in the MiniLM shape: attention (MatMul, Softmax), LayerNorm, GELU (Erf)."""
+    g = _Graph(seed)
+    head_dim = dim // heads
+    x = "input"
+    for _ in range(layers):
+        q, k, v = (g.op("MatMul", [x, g.weight(s, (dim, dim), dim ** -0.5)]) for s in "qkv")
+        split = g.const("shape", np.array([0, seq, heads, head_dim], dtype=np.int64))
+
+        def heads_first(t, perm):
+            return g.op("Transpose", [g.op("Reshape", [t, split])], perm=perm)
+
+        qh, kh, vh = heads_first(q, [0, 2, 1, 3]), heads_first(k, [0, 2, 3, 1]), heads_first(v, [0, 2, 1, 3])
+        scores = g.op("Mul", [g.op("MatMul", [qh, kh]), g.const("scale", np.float32(head_dim ** -0.5))])
+        attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), vh])
+        merge = g.const("shape", np.array([0, seq, dim], dtype=np.int64))
+        attn = g.op("Reshape", [g.op("Transpose", [attn], perm=[0, 2, 1, 3]), merge])
+        attn = g.op("Add", [g.op("MatMul", [attn, g.weight("o", (dim, dim), dim ** -0.5)]), x])
+        x = g.op("LayerNormalization", [attn, g.const("gamma", np.ones(dim, np.float32)),
+                                        g.const("beta", np.zeros(dim, np.float32))], axis=-1)
+        h = g.op("MatMul", [x, g.weight("ff1", (dim, ffn), dim ** -0.5)])
+        h = g.op("Add", [h, g.weight("ff1b", (ffn,), 0.02)])
+        gelu = g.op("Erf", [g.op("Mul", [h, g.const("rsqrt2", np.float32(2 ** -0.5))])])
+        gelu = g.op("Mul", [g.op("Mul", [h, g.const("half", np.float32(0.5))]),
+                            g.op("Add", [gelu, g.const("one", np.float32(1.0))])])
+        h = g.op("MatMul", [gelu, g.weight("ff2", (ffn, dim), ffn ** -0.5)])
+        x = g.op("LayerNormalization", [g.op("Add", [h, x]), g.const("gamma", np.ones(dim, np.float32)),
+                                        g.const("beta", np.zeros(dim, np.float32))], axis=-1)
+    return g.model(
+        "tiny_transformer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, seq, dim])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, seq, dim])],
+    )

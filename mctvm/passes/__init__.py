@@ -1,0 +1,1 @@
+"""Relax passes of mctvm, one per file; pipeline.py lists them in order."""

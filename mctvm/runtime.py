@@ -1,0 +1,233 @@
+"""CompiledModel: call a built program with numpy arrays, time it, export it, load it back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExportError, InputError, ModelError
+from .frontend import TensorInfo
+
+METADATA_FUNC = "mctvm_metadata"
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one call in milliseconds, over `repeat` measurements of `number` calls each."""
+
+    mean_ms: float
+    median_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    repeat: int
+    number: int
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __str__(self):
+        return (f"{self.median_ms:.3f} ms median ({self.mean_ms:.3f} mean, {self.std_ms:.3f} sd, "
+                f"{self.repeat}x{self.number} calls)")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence TVM's C++ log lines (e.g. 'Scope Saving') written straight to fd 2."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class CompiledModel:
+    """A built mctvm program: `model(x)` or `model(input=x)` returns numpy arrays."""
+
+    def __init__(self, executable, target, metadata: dict, vm=None, sources=None):
+        from .targets import backend
+
+        self.executable = executable
+        self.target = target
+        self.metadata = metadata
+        # Generated device source by language ("cuda"), when the build kept it.
+        self.sources = dict(sources or {})
+        self.input_info = [TensorInfo.from_dict(d) for d in metadata["inputs"]]
+        self.output_info = [TensorInfo.from_dict(d) for d in metadata["outputs"]]
+        self.device = backend(target).device(target)
+        self._vm_instance = vm
+
+    @property
+    def _vm(self):
+        """The VM, made at first use so that a program for an absent device still exports."""
+        if self._vm_instance is None:
+            self._vm_instance = _make_vm(self.executable, self.device, self.target.kind.name)
+        return self._vm_instance
+
+    @property
+    def K(self):
+        return self.metadata.get("K")
+
+    def __repr__(self):
+        ins = ", ".join(f"{i.name}{list(i.shape)}:{i.dtype}" for i in self.input_info)
+        return f"CompiledModel({ins} -> {len(self.output_info)} output(s), target={self.target.kind.name}, K={self.K})"
+
+    def _arguments(self, args, kwargs) -> list:
+        names = [info.name for info in self.input_info]
+        if len(args) > len(names):
+            raise InputError(f"the model takes {len(names)} input(s) {names}, got {len(args)}")
+        given = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name not in names:
+                raise InputError(f"'{name}' is not an input of this model; its inputs are {names}")
+            if name in given:
+                raise InputError(f"input '{name}' was given both by position and by name")
+            given[name] = value
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model takes {names}")
+        tensors = []
+        for info in self.input_info:
+            array = np.asarray(given[info.name])
+            if tuple(array.shape) != tuple(info.shape):
+                raise InputError(
+                    f"input '{info.name}' expects shape {tuple(info.shape)}, got "
+                    f"{tuple(array.shape)}; reshape it, or recompile with "
+                    f"shapes={{'{info.name}': {tuple(array.shape)}}}"
+                )
+            if array.dtype != np.dtype(info.dtype):
+                raise InputError(
+                    f"input '{info.name}' expects dtype {info.dtype}, got {array.dtype}; "
+                    f"pass x.astype('{info.dtype}')"
+                )
+            tensors.append(_tvm().runtime.tensor(np.ascontiguousarray(array), self.device))
+        return tensors
+
+    def __call__(self, *args, **kwargs):
+        """Run once. One output comes back as an array, several as a list of arrays."""
+        result = self._vm["main"](*self._arguments(args, kwargs))
+        outputs = _to_numpy(result)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def random_inputs(self, seed=0) -> list:
+        """Random arrays of the right shapes and dtypes (uniform [0,1) for floats)."""
+        rng = np.random.default_rng(seed)
+        arrays = []
+        for info in self.input_info:
+            dtype = np.dtype(info.dtype)
+            if dtype.kind == "f":
+                arrays.append(rng.random(info.shape, dtype=np.float64).astype(dtype))
+            else:
+                arrays.append(rng.integers(0, 2, size=info.shape).astype(dtype))
+        return arrays
+
+    def benchmark(self, *inputs, repeat=10, number=None, min_repeat_ms=100) -> LatencyStats:
+        """Latency from TVM's time evaluator: a warm-up call, then `repeat` means of `number` calls.
+
+        `number` defaults to enough calls for one measurement to last `min_repeat_ms`.
+        """
+        tensors = self._arguments(inputs or tuple(self.random_inputs()), {})
+        self._vm.set_input("main", *tensors)
+        if number is None:
+            probe = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=1)
+            seconds = max(probe("main").mean, 1e-6)
+            number = max(1, math.ceil(min_repeat_ms / 1e3 / seconds))
+        timer = self._vm.time_evaluator("invoke_stateful", self.device, number=number,
+                                        repeat=repeat)
+        times = [t * 1e3 for t in timer("main").results]
+        return LatencyStats(
+            mean_ms=statistics.fmean(times), median_ms=statistics.median(times),
+            std_ms=statistics.pstdev(times), min_ms=min(times), max_ms=max(times),
+            repeat=repeat, number=number,
+        )
+
+    def export_library(self, path) -> Path:
+        """Write a deployable library. '.so' links a shared library ('.tar' keeps object files).
+
+        For a cross target (another triple) a '.so' needs the cross g++ on PATH, e.g.
+        aarch64-linux-gnu-g++; without one, export to '.tar' and link on the board.
+        """
+        from .targets import cpu
+
+        path = Path(path)
+        host = self.target.host if self.target.kind.name != "llvm" else self.target
+        options = {}
+        if host is not None and cpu.is_cross(host) and path.suffix != ".tar":
+            fcompile = cpu.cross_compiler(host)
+            if fcompile is None:
+                triple = host.attrs["mtriple"]
+                raise ExportError(
+                    f"no cross compiler for '{triple}' on PATH ({triple}-g++); install it "
+                    f"(Debian: g++-{triple}) or export to '{path.with_suffix('.tar')}' and "
+                    "link the object files on the board"
+                )
+            options["fcompile"] = fcompile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with quiet_native_stderr():
+            self.executable.export_library(str(path), **options)
+        return path
+
+
+def _to_numpy(result) -> list:
+    import tvm
+
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result.numpy()]
+    return [item for part in result for item in _to_numpy(part)]
+
+
+def _tvm():
+    import tvm
+
+    return tvm
+
+
+def _make_vm(runnable, device, kind):
+    from tvm import relax
+
+    if not device.exist:
+        raise ModelError(
+            f"the program was built for {kind} but no {kind} device is present here; run it "
+            "on a machine with one, or compile with target='cpu'"
+        )
+    return relax.VirtualMachine(runnable, device)
+
+
+def load(path) -> CompiledModel:
+    """Load a library written by `CompiledModel.export_library`, without the ONNX file."""
+    import tvm
+
+    from .targets import cuda, resolve
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"library '{path}' does not exist")
+    try:
+        with quiet_native_stderr():
+            module = tvm.runtime.load_module(str(path))
+    except Exception as err:  # TVM raises RuntimeError with a C++ trace
+        raise ModelError(
+            f"cannot load '{path}': {str(err).strip().splitlines()[-1]}; it must be a library "
+            "exported by mctvm for this machine (a cross-compiled one runs on its board, a "
+            "CUDA one where the CUDA driver is installed)"
+        ) from None
+    kind = "cuda" if cuda.device_modules(module) else "llvm"
+    if kind == "cuda":
+        import tvm.support.nvcc  # noqa: F401  compiles CUDA source at load time on a GPU host
+    device = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+    try:
+        vm = _make_vm(module, device, kind)
+        metadata = json.loads(vm[METADATA_FUNC]())
+    except (AttributeError, KeyError, RuntimeError, ValueError):
+        raise ModelError(f"'{path}' is not an mctvm program (it has no {METADATA_FUNC})") from None
+    return CompiledModel(module, resolve(json.loads(metadata["target"])), metadata, vm=vm)
