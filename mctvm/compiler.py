@@ -7,7 +7,7 @@ import math
 from typing import Mapping, Sequence
 
 from . import __version__, frontend
-from .errors import MctvmError, TargetError
+from .errors import MctvmError, TargetError, UnsupportedOpError
 from .frontend import ModelLike, TensorInfo
 from .passes import pipeline
 from .runtime import METADATA_FUNC, CompiledModel
@@ -35,7 +35,7 @@ def compile(  # pylint: disable=redefined-builtin
     frontend.check_supported(proto)
     inputs = frontend.resolve_inputs(proto, shapes)
     mod = frontend.import_model(proto, inputs)
-    outputs = _output_info(mod, frontend.output_names(proto))
+    outputs = _output_info(mod, frontend.output_names(proto), frontend.declared_output_shapes(proto))
     metadata = {
         "mctvm_version": __version__,
         "model": proto.graph.name,
@@ -59,7 +59,13 @@ def _check_K(K):
     raise MctvmError("Monte Carlo quantization (K set) is not built yet; compile with K=None")
 
 
-def _output_info(mod, names) -> list:
+def _output_info(mod, names, declared) -> list:
+    """Static name, shape and dtype of each output; refuse outputs the importer left unknown.
+
+    An output without a static shape comes from an op whose shape is a run-time input, or an
+    optional output the importer does not compute: running it could give a wrong answer.
+    """
+    import tvm
     from tvm import relax
 
     ret = mod["main"].ret_ty
@@ -67,9 +73,27 @@ def _output_info(mod, names) -> list:
     infos = []
     for index, leaf in enumerate(leaves):
         name = names[index] if index < len(names) else f"output_{index}"
-        shape = tuple(int(d) for d in leaf.shape.values) if leaf.shape is not None else ()
+        dims = getattr(getattr(leaf, "shape", None), "values", None)
+        if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+            raise UnsupportedOpError(
+                f"output '{name}' has no static shape after import ({leaf}): its shape depends "
+                "on a run-time input (make shape, axes, pads and split inputs constants) or "
+                "it is an optional output the importer does not compute (drop it from the graph)"
+            )
+        shape = tuple(int(d) for d in dims)
+        if index < len(declared) and declared[index] is not None and not _fits(shape, declared[index]):
+            raise UnsupportedOpError(
+                f"output '{name}' imports with shape {list(shape)} but the model declares "
+                f"{declared[index]}: TVM's importer does not compute this output correctly; "
+                "drop it from the graph outputs if it is not needed"
+            )
         infos.append(TensorInfo(name, shape, str(leaf.dtype)))
     return infos
+
+
+def _fits(shape, declared) -> bool:
+    return len(shape) == len(declared) and all(
+        not isinstance(d, int) or d == s for d, s in zip(declared, shape))
 
 
 def _with_metadata(mod, metadata):

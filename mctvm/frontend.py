@@ -11,7 +11,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from .errors import ModelError, ShapeError, UnsupportedOpError
 
@@ -121,16 +121,38 @@ def _all_nodes(graph: onnx.GraphProto):
                 yield from _all_nodes(sub)
 
 
+def _training_only(node, constants) -> bool:
+    """True for nodes in training mode, which an inference compiler must not run as if not."""
+    if node.op_type == "BatchNormalization":
+        return any(a.name == "training_mode" and a.i for a in node.attribute)
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        flag = constants.get(node.input[2])
+        return flag is None or bool(np.asarray(flag).any())
+    return False
+
+
+def _constants(model) -> dict:
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
 def check_supported(model: onnx.ModelProto) -> None:
     """Raise one UnsupportedOpError listing every unsupported node, by op and node name."""
     known = supported_ops()
+    constants = _constants(model)
     bad = []
     for index, node in enumerate(_all_nodes(model.graph)):
         domain = node.domain or "ai.onnx"
+        name = node.name or f"#{index}"
         if domain != "ai.onnx" or node.op_type not in known:
-            name = node.name or f"#{index}"
             op = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
             bad.append(f"'{op}' at node '{name}'")
+        elif _training_only(node, constants):
+            bad.append(f"'{node.op_type}' in training mode at node '{name}' (export the model "
+                       "in eval mode)")
     if bad:
         raise UnsupportedOpError(
             f"{len(bad)} node(s) use ops that mctvm cannot import: {', '.join(bad)}. "
@@ -146,8 +168,13 @@ def graph_inputs(model: onnx.ModelProto) -> list:
 
 
 def _dtype(value: onnx.ValueInfoProto) -> str:
-    elem = value.type.tensor_type.elem_type
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.elem_type:
+        kind = value.type.WhichOneof("value") or "untyped"
+        raise UnsupportedOpError(
+            f"input '{value.name}' is a {kind.replace('_type', '')}, not a tensor; mctvm "
+            "compiles programs over tensors only"
+        )
+    return np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).name
 
 
 def resolve_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> list:
@@ -196,6 +223,19 @@ def resolve_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] |
 
 def output_names(model: onnx.ModelProto) -> list:
     return [value.name for value in model.graph.output]
+
+
+def declared_output_shapes(model: onnx.ModelProto) -> list:
+    """Each output's declared dims (int, or the name of a dynamic dim), None if undeclared."""
+    shapes = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            shapes.append(None)
+            continue
+        shapes.append([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                       for d in tensor.shape.dim])
+    return shapes
 
 
 def import_model(model: onnx.ModelProto, inputs: Sequence[TensorInfo]):

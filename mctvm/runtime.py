@@ -110,7 +110,7 @@ class CompiledModel:
                     f"input '{info.name}' expects dtype {info.dtype}, got {array.dtype}; "
                     f"pass x.astype('{info.dtype}')"
                 )
-            tensors.append(_tvm().runtime.tensor(np.ascontiguousarray(array), self.device))
+            tensors.append(_tvm().runtime.tensor(np.require(array, requirements="C"), self.device))
         return tensors
 
     def __call__(self, *args, **kwargs):
