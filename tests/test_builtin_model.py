@@ -1,0 +1,60 @@
+"""The built-in Fashion-MNIST model: shipped files, and compiled output against onnxruntime."""
+
+import numpy as np
+import onnx
+import pytest
+
+import mctvm
+from mctvm import models
+from mctvm.cli import main
+from mctvm.evaluate import accuracy, predict
+
+from conftest import ort_run
+
+
+def test_shipped_files_are_consistent():
+    card = models.model_card()
+    assert card["float_accuracy_10k"] > 0.9
+    x, labels = models.test_sample()
+    assert x.shape == (1000, 1, 28, 28) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert np.bincount(labels, minlength=10).tolist() == [100] * 10
+    ops = {node.op_type for node in onnx.load(models.default_model()).graph.node}
+    assert ops == {"Conv", "Relu", "MaxPool", "Flatten", "Gemm"}
+
+
+def test_logits_match_onnxruntime():
+    x, _ = models.test_sample()
+    x = x[:16]
+    compiled = mctvm.compile(models.default_model(), shapes={"input": x.shape})
+    want = ort_run(onnx.load(models.default_model()), {"input": x})[0]
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_predictions_match_onnxruntime_on_the_sample():
+    x, labels = models.test_sample()
+    x, labels = x[:320], labels[:320]
+    compiled = mctvm.compile(models.default_model(), shapes={"input": (64, 1, 28, 28)})
+    ours = predict(compiled, x).argmax(axis=1)
+    theirs = ort_run(onnx.load(models.default_model()), {"input": x})[0].argmax(axis=1)
+    assert (ours == theirs).all()
+    assert accuracy(compiled, x, labels) == pytest.approx(float(np.mean(theirs == labels)))
+
+
+@pytest.mark.skipif(not models.have_fashion_mnist(), reason="Debian's dataset-fashion-mnist absent")
+def test_full_test_set_reader():
+    x, labels = models.fashion_mnist("test")
+    sample_x, sample_labels = models.test_sample()
+    with np.load(models.TEST_SAMPLE) as data:
+        indices = data["indices"]
+    assert x.shape == (10000, 1, 28, 28)
+    np.testing.assert_array_equal(x[indices], sample_x)
+    np.testing.assert_array_equal(labels[indices], sample_labels)
+
+
+@pytest.mark.slow
+def test_demo_runs(capsys):
+    assert main(["demo", "--batch", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy on committed test sample (1,000): 94.60%" in out
+    assert "latency batch  32:" in out
