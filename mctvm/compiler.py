@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+from dataclasses import asdict
 from typing import Mapping, Sequence
 
 from . import __version__, frontend
 from .errors import MctvmError, TargetError, UnsupportedOpError
 from .frontend import ModelLike, TensorInfo
+from .mcq_options import MCQOptions
 from .passes import pipeline
+from .passes.plan_mcq_layers import read_layers
 from .runtime import METADATA_FUNC, CompiledModel
-from .targets import TargetLike, resolve
+from .targets import TargetLike, backend, resolve
 
 
 def compile(  # pylint: disable=redefined-builtin
@@ -21,14 +24,23 @@ def compile(  # pylint: disable=redefined-builtin
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     dump_dir=None,
+    **mcq_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for `target`.
 
-    K=None builds the float program unchanged (the baseline). `shapes` gives concrete sizes
-    for dynamic input dimensions, e.g. {"input": (64, 1, 28, 28)}. `dump_dir` writes the IR
-    after each pipeline phase.
+    K=None builds the float program unchanged (the baseline). With K set, GEMMs and convs run
+    on Monte Carlo quantized integers; options (see mcq_options.MCQOptions.from_args):
+    K_weights, K_activations, layer_K={onnx node name: K}, quantize=("weights",
+    "activations"), skip=("first",) ("last" and node names allowed; () quantizes all),
+    sort=False, normalize="layer"|"channel", activation_dtype="int16"|"int8", seed=0 (the
+    weights' jitter).
+    `shapes` gives concrete sizes for dynamic input dimensions, e.g. {"input": (64, 1, 28,
+    28)}. `dump_dir` writes the IR after each pipeline phase.
     """
-    _check_K(K)
+    try:
+        mcq = MCQOptions.from_args(K, **mcq_options)
+    except TypeError as err:
+        raise MctvmError(f"{err}; see help(mctvm.compile) for the options") from None
     tgt = resolve(target)
     proto = frontend.load_model(model)
     proto = frontend.upgrade_opset(proto)
@@ -44,19 +56,13 @@ def compile(  # pylint: disable=redefined-builtin
         "target": str(tgt),
         "K": K,
     }
-    executable, sources = _build(mod, tgt, metadata, dump_dir)
+    with _build_errors(tgt):
+        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir)
+        if mcq is not None:
+            metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
+        with tgt:
+            executable, sources = backend(tgt).build(_with_metadata(mod, metadata), tgt)
     return CompiledModel(executable, tgt, metadata, sources=sources)
-
-
-def _check_K(K):
-    if K is None:
-        return
-    if isinstance(K, bool) or not isinstance(K, (int, float)) or not math.isfinite(K) or K <= 0:
-        raise MctvmError(
-            f"K must be a positive number of samples per value, got {K!r}; "
-            "use K=None for the float program, or e.g. K=5 (the paper's ImageNet setting)"
-        )
-    raise MctvmError("Monte Carlo quantization (K set) is not built yet; compile with K=None")
 
 
 def _output_info(mod, names, declared) -> list:
@@ -109,13 +115,11 @@ def _with_metadata(mod, metadata):
     return mod
 
 
-def _build(mod, target, metadata, dump_dir):
-    from .targets import backend
-
+@contextlib.contextmanager
+def _build_errors(target):
+    """TVM's failures while lowering or building become one TargetError line."""
     try:
-        mod = pipeline.run(mod, target, dump_dir=dump_dir)
-        with target:
-            return backend(target).build(_with_metadata(mod, metadata), target)
+        yield
     except MctvmError:
         raise
     except Exception as err:

@@ -238,6 +238,28 @@ def declared_output_shapes(model: onnx.ModelProto) -> list:
     return shapes
 
 
+def constant_names(model: onnx.ModelProto) -> set:
+    """Tensors computed from initializers and Constant nodes alone (no graph input)."""
+    inputs = {value.name for value in graph_inputs(model)}
+    known = {init.name for init in model.graph.initializer} - inputs
+    for node in model.graph.node:
+        if all(name in known for name in node.input if name) and node.op_type != "RandomNormal":
+            known.update(node.output)
+    return known
+
+
+def gemm_nodes(model: onnx.ModelProto) -> list:
+    """(node name, 'conv2d' or 'matmul') of each Conv/Gemm/MatMul with a constant weight."""
+    constant = constant_names(model)
+    kinds = {"Conv": "conv2d", "Gemm": "matmul", "MatMul": "matmul"}
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in kinds and len(node.input) > 1 and node.input[1] in constant \
+                and node.input[0] not in constant:
+            nodes.append((node.name or f"{node.op_type.lower()}_{index}", kinds[node.op_type]))
+    return nodes
+
+
 def import_model(model: onnx.ModelProto, inputs: Sequence[TensorInfo]):
     """Relax IRModule of the model, weights inlined as constants."""
     from tvm.relax.frontend.onnx import from_onnx

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExportError, InputError, ModelError
+from .errors import ExportError, InputError, MctvmError, ModelError
 from .frontend import TensorInfo
+from .report import ActivationStats
 
 METADATA_FUNC = "mctvm_metadata"
 
@@ -66,6 +67,12 @@ class CompiledModel:
         self.output_info = [TensorInfo.from_dict(d) for d in metadata["outputs"]]
         self.device = backend(target).device(target)
         self._vm_instance = vm
+        layers = metadata.get("mcq", {}).get("layers", [])
+        # Layers whose activations are sampled at run time, in the order main returns stats.
+        self._sampled = [layer for layer in layers if layer.get("K_activations")]
+        self._stats = {layer["index"]: ActivationStats(int(np.prod(layer["input_shape"][1:])))
+                       for layer in self._sampled}
+        self._seeds = np.random.default_rng()  # fresh samples for calls without a seed
 
     @property
     def _vm(self):
@@ -82,7 +89,19 @@ class CompiledModel:
         ins = ", ".join(f"{i.name}{list(i.shape)}:{i.dtype}" for i in self.input_info)
         return f"CompiledModel({ins} -> {len(self.output_info)} output(s), target={self.target.kind.name}, K={self.K})"
 
-    def _arguments(self, args, kwargs) -> list:
+    @property
+    def takes_seed(self) -> bool:
+        """True when the program samples activations at run time (it has a seed input)."""
+        return bool(self._sampled)
+
+    def _seed_tensor(self, seed):
+        if seed is None:
+            seed = int(self._seeds.integers(0, 2**63 - 1))
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        return _tvm().runtime.tensor(np.array([seed], dtype=np.int64), self.device)
+
+    def _arguments(self, args, kwargs, seed=None) -> list:
         names = [info.name for info in self.input_info]
         if len(args) > len(names):
             raise InputError(f"the model takes {len(names)} input(s) {names}, got {len(args)}")
@@ -111,13 +130,37 @@ class CompiledModel:
                     f"pass x.astype('{info.dtype}')"
                 )
             tensors.append(_tvm().runtime.tensor(np.require(array, requirements="C"), self.device))
+        if self.takes_seed:
+            tensors.append(self._seed_tensor(seed))
         return tensors
 
-    def __call__(self, *args, **kwargs):
-        """Run once. One output comes back as an array, several as a list of arrays."""
-        result = self._vm["main"](*self._arguments(args, kwargs))
+    def __call__(self, *args, seed=None, **kwargs):
+        """Run once. One output comes back as an array, several as a list of arrays.
+
+        A quantized program samples activations with a fresh seed per call; pass `seed=` (an
+        integer) to make a call reproducible.
+        """
+        result = self._vm["main"](*self._arguments(args, kwargs, seed))
         outputs = _to_numpy(result)
-        return outputs[0] if len(outputs) == 1 else outputs
+        count = len(self.output_info)
+        for layer, stats in zip(self._sampled, outputs[count:]):
+            self._stats[layer["index"]].add(stats)
+        outputs = outputs[:count]
+        return outputs[0] if count == 1 else outputs
+
+    def report(self):
+        """Per layer K, N, bits and sparsity of weights and of the activations sampled in the
+        calls made so far, and saturations; str() prints it as a table."""
+        from .report import build_report
+
+        if "mcq" not in self.metadata:
+            raise MctvmError("this is the float program (K=None): there is nothing to report")
+        return build_report(self.metadata["mcq"]["layers"], self._stats)
+
+    def reset_stats(self):
+        """Forget the activation statistics of earlier calls."""
+        for index, stats in self._stats.items():
+            self._stats[index] = ActivationStats(stats.elements_per_sample)
 
     def random_inputs(self, seed=0) -> list:
         """Random arrays of the right shapes and dtypes (uniform [0,1) for floats)."""

@@ -11,16 +11,33 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from .fold_mcq_weights import FoldMCQWeights
+from .insert_activation_sampling import InsertActivationSampling
+from .plan_mcq_layers import PlanMCQLayers
 
-def graph_phases(options) -> list:
-    """Graph-level phases, run on the imported fp32 Relax module."""
-    return [
+
+def graph_phases(target, mcq=None, onnx_gemms=()) -> list:
+    """Graph-level phases, run on the imported fp32 Relax module. `mcq` is MCQOptions or None."""
+    phases = [
         # Clean up after import: fold Gemm's transposes and other constant sub-graphs into
         # the weights, so that each GEMM/conv sees its final constant operand.
         ("simplify", [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]),
-        # Monte Carlo quantization (K set) plugs in here: FoldMCQWeights,
-        # InsertActivationSampling, InsertMCANoise, LowerSparseGEMM.
     ]
+    if mcq is not None:
+        phases += [
+            # Which GEMM/convs are quantized, named after their ONNX nodes, with which K.
+            ("mcq-plan", [PlanMCQLayers(onnx_gemms, mcq)]),
+            # Weights -> signed hit counts (int8/16/32 constants) and a scale f/N.
+            ("mcq-weights", [FoldMCQWeights(mcq)]),
+            # Activations -> counts at run time; integer GEMMs with int32 accumulation.
+            ("mcq-activations", [InsertActivationSampling(mcq, _device(target)),
+                                 relax.transform.DeadCodeElimination()]),
+        ]
+    return phases
+
+
+def _device(target) -> str:
+    return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
 def lowering_phase(target) -> tuple:
@@ -30,9 +47,9 @@ def lowering_phase(target) -> tuple:
     return ("lower-" + target.kind.name, backend(target).lowering_passes(target))
 
 
-def run(mod: tvm.IRModule, target, options=None, dump_dir=None) -> tvm.IRModule:
+def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None) -> tvm.IRModule:
     """Run every phase on `mod` for `target`; the result is ready for `tvm.compile`."""
-    phases = graph_phases(options) + [lowering_phase(target)]
+    phases = graph_phases(target, mcq, onnx_gemms) + [lowering_phase(target)]
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         _dump(mod, dump_dir, 0, "imported")

@@ -1,0 +1,107 @@
+"""InsertActivationSampling: sample each quantized GEMM/conv's input into integer counts at run
+time, run the GEMM in integers with int32 accumulation, and rescale once to float."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import GenericConst
+
+from ..kernels.activation_sampling import sampling_prim_func
+from .layers import gemm_kind
+from .plan_mcq_layers import read_layers, write_layers
+
+SEED_PARAM = "mctvm_seed"
+STATS_FIELDS = ("nonzero", "max_count", "saturated")
+
+
+@relax.expr_functor.mutator
+class _Sampler(relax.PyExprMutator):
+    def __init__(self, mod, layers, options, seed, device):
+        super().__init__(mod)
+        self.layers, self.options, self.seed, self.device = layers, options, seed, device
+        self.index = 0
+        self.stats = []  # (layer index, stats var), in layer order
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        kind = gemm_kind(call, self.lookup_binding)
+        if kind is None:
+            return call
+        layer = self.layers[self.index]
+        self.index += 1
+        if layer["K_activations"] is None:
+            return call
+        x = call.args[0]
+        shape = [int(d) for d in x.ty.shape]
+        dtype = self.options.activation_dtype
+        n = int(np.prod(shape[1:]))
+        layer.update({"input_shape": shape, "N_activations": int(np.floor(layer["K_activations"] * n + 0.5)),
+                      "activation_dtype": dtype})
+        kernel = sampling_prim_func(tuple(shape), layer["K_activations"], layer["index"], dtype,
+                                    device=self.device)
+        gvar = self.builder_.add_func(kernel, f"mcq_sample_{layer['index']}")
+        out_types = [relax.TensorType(shape, dtype), relax.TensorType([shape[0]], "float32"),
+                     relax.TensorType([shape[0], len(STATS_FIELDS)], "int32")]
+        sampled = self.builder_.emit(relax.call_tir(gvar, [x, self.seed], out_ty=out_types))
+        counts = self.builder_.emit(relax.TupleGetItem(sampled, 0))
+        scale = self.builder_.emit(relax.TupleGetItem(sampled, 1))
+        stats = self.builder_.emit_output(relax.TupleGetItem(sampled, 2))
+        self.stats.append((layer["index"], stats))
+
+        weight = call.args[1]
+        bound = self.lookup_binding(weight) if isinstance(weight, relax.Var) else None
+        if isinstance(bound, relax.Call) and isinstance(bound.args[0], GenericConst):
+            # Weights are counts too: integer GEMM, int32 accumulation.
+            wq = bound.args[0].value.numpy()
+            wide = np.promote_types(wq.dtype, dtype)
+            lhs = counts if wide == np.dtype(dtype) else self.builder_.emit(
+                relax.op.astype(counts, wide.name))
+            acc = self.builder_.emit(_gemm(kind, call, lhs, relax.const(wq.astype(wide)), "int32"))
+            acc = self.builder_.emit(relax.op.astype(acc, "float32"))
+        else:  # float weights: a float GEMM over integer-valued activations
+            as_float = self.builder_.emit(relax.op.astype(counts, str(weight.ty.dtype)))
+            acc = self.builder_.emit(_gemm(kind, call, as_float, weight, None))
+        rank = len(acc.ty.shape)
+        per_sample = self.builder_.emit(relax.op.reshape(scale, [shape[0]] + [1] * (rank - 1)))
+        return relax.op.multiply(acc, per_sample)
+
+
+def _gemm(kind, call, lhs, rhs, out_dtype):
+    if kind == "matmul":
+        return relax.op.matmul(lhs, rhs, out_dtype=out_dtype or "void")
+    a = call.attrs
+    return relax.op.nn.conv2d(lhs, rhs, strides=a.strides, padding=a.padding, dilation=a.dilation,
+                              groups=a.groups, data_layout=a.data_layout,
+                              kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+                              out_dtype=out_dtype or "void")
+
+
+@tvm.transform.module_pass(opt_level=0, name="mctvm.InsertActivationSampling")
+class InsertActivationSampling:
+    """Add the `mctvm_seed` input, sample planned layers' inputs, return their stats too.
+
+    main(inputs..., mctvm_seed) returns (outputs..., stats of each sampled layer), where a
+    layer's stats are int32 (batch, 3): nonzero counts, max |count|, saturated counts.
+    """
+
+    def __init__(self, options, device="cpu"):
+        self.options, self.device = options, device
+
+    def transform_module(self, mod, _ctx):
+        layers = read_layers(mod)
+        if not any(layer["K_activations"] for layer in layers):
+            return mod
+        seed = relax.Var(SEED_PARAM, relax.TensorType([1], "int64"))
+        sampler = _Sampler(mod, layers, self.options, seed, self.device)
+        func = sampler.visit_expr(mod["main"])
+        body = func.body
+        outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
+        returned = relax.Tuple(outputs + [v for _, v in sampler.stats])
+        new_body = sampler.builder_.normalize(relax.SeqExpr(body.blocks, returned))
+        num_input = int(func.attrs.get("num_input", len(func.params))) + 1
+        new_func = relax.Function(list(func.params) + [seed], new_body, attrs=func.attrs)
+        new_func = new_func.with_attr("num_input", num_input)
+        sampler.builder_.update_func(mod.get_global_var("main"), new_func)
+        return write_layers(sampler.builder_.get(), layers)

@@ -1,0 +1,155 @@
+"""MCQ-compiled programs against a numpy emulation that applies mctvm.mcq to the same weights
+and activations with the same xi: same counts, same outputs up to float rounding."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import mctvm
+from mctvm import mcq
+from mctvm.kernels.activation_sampling import xi_for
+from mctvm.models import synthetic
+from mctvm.passes.fold_mcq_weights import weight_xi
+
+from conftest import ort_run
+
+SHAPE = (3, 1, 16, 16)
+
+
+def _conv3x3(x, w):
+    """Stride 1, padding 1 convolution in exact integer (or float64) arithmetic."""
+    b, c, h, wd = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    cols = np.stack([padded[:, :, i:i + h, j:j + wd] for i in range(3) for j in range(3)], axis=2)
+    return np.einsum("bckhw,ock->bohw", cols, w.reshape(w.shape[0], c, 9))
+
+
+def _maxpool2(x):
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def _emulate(model, x, K, seed, compile_seed=0):
+    """The synthetic CNN with every layer's weights and inputs quantized by mctvm.mcq."""
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    stats = []
+    h = x
+    for index, node in enumerate(convs):
+        w, bias = init[node.input[1]], init[node.input[2]]
+        if node.op_type == "Gemm":
+            h = h.reshape(h.shape[0], -1)
+            w = w.T  # transB: the compiled program's weight is (in, out)
+        wq = mcq.sample_counts(w, K, weight_xi(compile_seed, index), axis=0)
+        aq = mcq.activation_counts(h, K, xi_for(seed, index))
+        stats.append(aq)
+        acc = _conv3x3(aq.counts, wq.counts) if node.op_type == "Conv" else aq.counts @ wq.counts
+        scale = np.asarray(aq.scale, np.float32).reshape(-1, *([1] * (acc.ndim - 1)))
+        h = acc.astype(np.float32) * scale * np.float32(wq.scale)
+        h = h + (bias.reshape(1, -1, 1, 1) if node.op_type == "Conv" else bias)
+        if node.op_type == "Conv":
+            h = _maxpool2(np.maximum(h, 0))
+    return h, stats
+
+
+@pytest.fixture(scope="module")
+def model():
+    return synthetic.cnn(seed=4)
+
+
+@pytest.mark.parametrize("K", [0.5, 2, 8])
+def test_matches_numpy_emulation(model, K):
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    compiled = mctvm.compile(model, K=K, skip=(), shapes={"input": SHAPE})
+    seed = 1234
+    got = compiled(x, seed=seed)
+    want, stats = _emulate(model, x, K, seed)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    report = compiled.report()
+    for row, aq in zip(report.rows, stats):
+        assert row["N_activations"] == int(aq.N[0])
+        assert row["activation_sparsity"] == pytest.approx(float(np.mean(aq.counts == 0)), abs=2e-3)
+
+
+def test_seeds_reproduce_and_fresh_calls_differ(model):
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    compiled = mctvm.compile(model, K=1, shapes={"input": SHAPE})
+    assert compiled.takes_seed
+    np.testing.assert_array_equal(compiled(x, seed=7), compiled(x, seed=7))
+    assert not np.array_equal(compiled(x, seed=7), compiled(x, seed=8))
+    assert not np.array_equal(compiled(x), compiled(x))
+    with pytest.raises(mctvm.InputError, match="seed must be a non-negative integer"):
+        compiled(x, seed=-3)
+
+
+def test_weights_only_equals_onnxruntime_on_dequantized_weights(model):
+    """Independent check: put counts * f/N into the ONNX model and run onnxruntime."""
+    K = 3
+    compiled = mctvm.compile(model, K=K, quantize=("weights",), skip=(), shapes={"input": SHAPE})
+    assert not compiled.takes_seed
+    emulated = onnx.ModelProto.FromString(model.SerializeToString())
+    gemms = [n for n in emulated.graph.node if n.op_type in ("Conv", "Gemm")]
+    inits = {t.name: t for t in emulated.graph.initializer}
+    for index, node in enumerate(gemms):
+        w = numpy_helper.to_array(inits[node.input[1]])
+        oriented = w.T if node.op_type == "Gemm" else w
+        q = mcq.sample_counts(oriented, K, weight_xi(0, index), axis=0).dequantize()
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(
+            (q.T if node.op_type == "Gemm" else q).astype(np.float32), node.input[1]))
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    want = ort_run(emulated, {"input": x})[0]
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_error_shrinks_as_K_grows(model):
+    x = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    reference = ort_run(model, {"input": x})[0]
+    errors = []
+    for K in (1, 8, 64):
+        compiled = mctvm.compile(model, K=K, skip=(), shapes={"input": SHAPE})
+        errors.append(np.mean([np.abs(compiled(x, seed=s) - reference).mean() for s in range(4)]))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_first_layer_skipped_by_default_and_report(model):
+    compiled = mctvm.compile(model, K=2, shapes={"input": SHAPE})
+    compiled(np.ones(SHAPE, np.float32), seed=0)
+    report = compiled.report()
+    first, *rest = report.rows
+    assert first["K_weights"] is None and first["K_activations"] is None
+    assert all(r["K_weights"] == 2 and r["K_activations"] == 2 for r in rest)
+    assert all(r["weight_dtype"] == "int8" for r in rest)
+    text = str(report)
+    assert "total:" in text and "w-" in text and first["name"] in text
+    assert report.totals["notation"].endswith("a")
+
+
+def test_saturation_is_counted_never_wrapped():
+    """A heavy-tailed input with int8 counts: the big counts clip at 127 and are reported."""
+    model = synthetic.cnn(seed=6)
+    x = np.zeros(SHAPE, np.float32)
+    x[:, :, 0, 0] = 1000.0
+    x[:, :, 5, 5] = 1.0
+    compiled = mctvm.compile(model, K=4, skip=(), activation_dtype="int8", shapes={"input": SHAPE})
+    compiled(x, seed=0)
+    row = compiled.report().rows[0]
+    assert row["saturated"] == SHAPE[0]  # one clipped element per sample
+    assert row["max_activation_count"] > 127
+
+
+def test_export_and_load_keep_the_seed_input(model, tmp_path):
+    compiled = mctvm.compile(model, K=2, shapes={"input": SHAPE})
+    loaded = mctvm.load(compiled.export_library(tmp_path / "q.so"))
+    x = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x, seed=11), compiled(x, seed=11))
+    assert [r["name"] for r in loaded.report().rows] == [r["name"] for r in compiled.report().rows]
+
+
+def test_cuda_program_has_sampling_and_integer_gemm_kernels(model):
+    compiled = mctvm.compile(model, K=5, target="cuda", activation_dtype="int8",
+                             shapes={"input": SHAPE})
+    source = compiled.sources["cuda"]
+    assert "mcq_sample_1_kernel" in source and "mcq_sample_2_kernel" in source
+    assert "signed char" in source or "int8_t" in source
+    assert "blockIdx.x" in source
