@@ -24,11 +24,34 @@ def _shape_option(text: str):
         ) from None
 
 
+def _mcq_options(args) -> dict:
+    """The MCQ options given on the command line, as mctvm.compile keywords."""
+    options = {"quantize": tuple(args.quantize), "skip": tuple(args.skip), "sort": args.sort,
+               "normalize": args.normalize, "activation_dtype": args.activation_dtype}
+    if args.K_weights is not None:
+        options["K_weights"] = args.K_weights
+    if args.K_activations is not None:
+        options["K_activations"] = args.K_activations
+    return options
+
+
+def _add_mcq_arguments(p):
+    p.add_argument("--K-weights", type=float, help="K for weights only")
+    p.add_argument("--K-activations", type=float, help="K for activations only")
+    p.add_argument("--quantize", nargs="+", default=["weights", "activations"],
+                   choices=["weights", "activations"])
+    p.add_argument("--skip", nargs="*", default=["first"],
+                   help="layers kept float: first, last or ONNX node names (none: --skip)")
+    p.add_argument("--sort", action="store_true", help="sort magnitudes before sampling")
+    p.add_argument("--normalize", default="layer", choices=["layer", "channel"])
+    p.add_argument("--activation-dtype", default="int16", choices=["int8", "int16"])
+
+
 def cmd_compile(args):
     import mctvm
 
     model = mctvm.compile(args.model, K=args.K, target=args.target, shapes=dict(args.shape),
-                          dump_dir=args.dump_ir)
+                          dump_dir=args.dump_ir, **_mcq_options(args))
     out = args.output or Path(args.model).with_suffix(".so").name
     path = model.export_library(out)
     print(f"compiled {args.model} for {model.target.kind.name} -> {path}")
@@ -132,6 +155,28 @@ def cmd_demo(args):
               f"({stats.median_ms / batch:.3f} ms/image)")
 
 
+def cmd_sweep(args):
+    """Accuracy/bits/sparsity against K over a labelled data set, as a table and a plot."""
+    from . import models, sweep
+
+    if args.data:
+        with np.load(args.data) as data:
+            x, labels, name = data["x"], data["labels"], args.data
+    else:
+        name, x, labels = models.evaluation_set() if args.full else (
+            "committed test sample (1,000)", *models.test_sample())
+    if args.limit:
+        x, labels = x[:args.limit], labels[:args.limit]
+    options = _mcq_options(args)
+    del options["quantize"]  # --modes says what each row quantizes
+    rows = sweep.sweep(args.model, x, labels, args.K, modes=args.modes, batch=args.batch,
+                       target=args.target, **options)
+    print(f"{args.model} on {name} ({len(x)} images)")
+    print(sweep.format_rows(rows))
+    if args.plot:
+        print(f"plot: {sweep.plot(rows, args.plot)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mctvm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,7 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concrete shape of an input with dynamic dims: NAME=D1,D2,...")
     p.add_argument("-o", "--output", help="library to write (.so, or .tar of object files)")
     p.add_argument("--dump-ir", help="folder to write the IR after each pipeline phase")
+    _add_mcq_arguments(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("sweep", help="accuracy, bits and sparsity against K (a table and a plot)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="ONNX classifier (default: the built-in Fashion-MNIST model)")
+    p.add_argument("--K", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10])
+    p.add_argument("--modes", nargs="+", default=["w+a"], choices=["w", "a", "w+a"])
+    p.add_argument("--data", help=".npz with arrays x (inputs) and labels; default: the "
+                                  "built-in model's Fashion-MNIST test images")
+    p.add_argument("--full", action="store_true", help="the full 10k test set (Debian package)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--target", default="llvm")
+    p.add_argument("--plot", help="write the Figure-2 style plot to this PNG")
+    _add_mcq_arguments(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
@@ -172,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "sweep" and args.model is None:
+        from . import models
+
+        args.model = str(models.default_model())
     try:
         args.func(args)
     except MctvmError as err:
