@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,6 +195,33 @@ class CompiledModel:
             std_ms=statistics.pstdev(times), min_ms=min(times), max_ms=max(times),
             repeat=repeat, number=number,
         )
+
+    def profile(self, *inputs, repeat=5) -> dict:
+        """Mean milliseconds per program call spent in each kernel, largest first.
+
+        Uses the VM's instrumentation (a host timer around every call; on a GPU the kernels
+        are asynchronous, so this measures launches). For where-the-time-goes, not latency.
+        """
+        tensors = self._arguments(inputs or tuple(self.random_inputs()), {})
+        totals, started = collections.defaultdict(float), {}
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            now = time.perf_counter()
+            if before_run:
+                started[symbol] = now
+            else:
+                totals[symbol] += now - started.pop(symbol, now)
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        self._vm["main"](*tensors)
+        self._vm.set_instrument(instrument)
+        try:
+            for _ in range(repeat):
+                self._vm["main"](*tensors)
+        finally:
+            self._vm.set_instrument(lambda *args: 0)
+        ranked = sorted(totals.items(), key=lambda item: -item[1])
+        return {symbol: seconds * 1e3 / repeat for symbol, seconds in ranked}
 
     def export_library(self, path) -> Path:
         """Write a deployable library. '.so' links a shared library ('.tar' keeps object files).
