@@ -153,3 +153,40 @@ def test_cuda_program_has_sampling_and_integer_gemm_kernels(model):
     assert "mcq_sample_1_kernel" in source and "mcq_sample_2_kernel" in source
     assert "signed char" in source or "int8_t" in source
     assert "blockIdx.x" in source
+
+
+def _grouped_model():
+    """Depthwise 3x3 conv (groups = channels) then a grouped 1x1 conv (groups = 2)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(8)
+    w1 = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((6, 2, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], name="depthwise", group=4, pads=[1] * 4),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="grouped", group=2)],
+        "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_grouped_and_depthwise_convs_quantize():
+    model = _grouped_model()
+    x = np.random.default_rng(9).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    compiled = mctvm.compile(model, K=4, skip=())
+    assert [r["name"] for r in compiled.report().rows] == ["depthwise", "grouped"]
+    reference = ort_run(model, {"x": x})[0]
+    errors = [np.abs(mctvm.compile(model, K=K, skip=())(x, seed=3) - reference).mean()
+              for K in (1, 16, 256)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05 * np.abs(reference).mean()
+
+
+def test_profile_names_the_sampling_kernels(model):
+    compiled = mctvm.compile(model, K=2, shapes={"input": SHAPE})
+    kernels = compiled.profile(repeat=2)
+    assert any("mcq_sample" in name for name in kernels)
+    assert all(ms >= 0 for ms in kernels.values())
+    assert list(kernels.values()) == sorted(kernels.values(), reverse=True)
