@@ -12,6 +12,8 @@ from .errors import MctvmError, TargetError, UnsupportedOpError
 from .frontend import ModelLike, TensorInfo
 from .mcq_options import MCQOptions
 from .passes import pipeline
+from .kernels.inexact import CONVENTIONS
+from .passes.insert_mca_noise import MODES as MCA_MODES, SITES_ATTR
 from .passes.plan_mcq_layers import read_layers
 from .runtime import METADATA_FUNC, CompiledModel
 from .targets import TargetLike, backend, resolve
@@ -24,6 +26,7 @@ def compile(  # pylint: disable=redefined-builtin
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     dump_dir=None,
+    mca=None,
     **mcq_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for `target`.
@@ -34,6 +37,9 @@ def compile(  # pylint: disable=redefined-builtin
     "activations"), skip=("first",) ("last" and node names allowed; () quantizes all),
     sort=False, normalize="layer"|"channel", activation_dtype="int16"|"int8", seed=0 (the
     weights' jitter).
+    `mca` adds Monte Carlo Arithmetic noise for MCDA: True, or a dict with mode ("mca",
+    "pb", "rr"), layers (GEMM/conv positions, None = all) and convention ("paper",
+    "verificarlo", "mcalib"); the program then takes `t=` (virtual precision) and `seed=`.
     `shapes` gives concrete sizes for dynamic input dimensions, e.g. {"input": (64, 1, 28,
     28)}. `dump_dir` writes the IR after each pipeline phase.
     """
@@ -41,6 +47,7 @@ def compile(  # pylint: disable=redefined-builtin
         mcq = MCQOptions.from_args(K, **mcq_options)
     except TypeError as err:
         raise MctvmError(f"{err}; see help(mctvm.compile) for the options") from None
+    mca = _mca_options(mca)
     tgt = resolve(target)
     proto = frontend.load_model(model)
     proto = frontend.upgrade_opset(proto)
@@ -57,9 +64,11 @@ def compile(  # pylint: disable=redefined-builtin
         "K": K,
     }
     with _build_errors(tgt):
-        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir)
+        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir, mca)
         if mcq is not None:
             metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
+        if mca is not None:
+            metadata["mca"] = {**mca, "sites": json.loads(str(mod.attrs[SITES_ATTR]))}
         with tgt:
             executable, sources = backend(tgt).build(_with_metadata(mod, metadata), tgt)
     return CompiledModel(executable, tgt, metadata, sources=sources)
@@ -113,6 +122,25 @@ def _with_metadata(mod, metadata):
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod[METADATA_FUNC] = bb.get()[METADATA_FUNC].with_attr("global_symbol", METADATA_FUNC)
     return mod
+
+
+def _mca_options(mca) -> dict | None:
+    """The InsertMCANoise keywords for `mca=` (None, True or a dict), checked."""
+    if mca is None or mca is False:
+        return None
+    options = {"mode": "mca", "layers": None, "convention": "paper"}
+    if mca is not True:
+        unknown = sorted(set(mca) - set(options))
+        if unknown:
+            raise MctvmError(f"mca= has unknown keys {unknown}; it takes {sorted(options)}")
+        options.update(mca)
+    if options["mode"] not in MCA_MODES:
+        raise MctvmError(f"mca mode {options['mode']!r}; use one of {MCA_MODES}")
+    if options["convention"] not in CONVENTIONS:
+        raise MctvmError(f"mca convention {options['convention']!r}; use one of {sorted(CONVENTIONS)}")
+    if options["layers"] is not None:
+        options["layers"] = sorted(int(i) for i in options["layers"])
+    return options
 
 
 @contextlib.contextmanager

@@ -93,8 +93,20 @@ class CompiledModel:
 
     @property
     def takes_seed(self) -> bool:
-        """True when the program samples activations at run time (it has a seed input)."""
-        return bool(self._sampled)
+        """True when the program draws random numbers at run time (MCQ activations, MCA)."""
+        return bool(self._sampled) or self.takes_t
+
+    @property
+    def takes_t(self) -> bool:
+        """True when the program adds Monte Carlo Arithmetic noise (it needs `t=`)."""
+        return "mca" in self.metadata
+
+    def _t_tensor(self, t):
+        if t is None:
+            raise InputError("this program adds MCA noise: pass the virtual precision, e.g. t=24")
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 < t < 64:
+            raise InputError(f"t must be an integer virtual precision in 1..63, got {t!r}")
+        return _tvm().runtime.tensor(np.array([t], dtype=np.int32), self.device)
 
     def _seed_tensor(self, seed):
         if seed is None:
@@ -103,7 +115,7 @@ class CompiledModel:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         return _tvm().runtime.tensor(np.array([seed], dtype=np.int64), self.device)
 
-    def _arguments(self, args, kwargs, seed=None) -> list:
+    def _arguments(self, args, kwargs, seed=None, t=None) -> list:
         names = [info.name for info in self.input_info]
         if len(args) > len(names):
             raise InputError(f"the model takes {len(names)} input(s) {names}, got {len(args)}")
@@ -134,15 +146,17 @@ class CompiledModel:
             tensors.append(_tvm().runtime.tensor(np.require(array, requirements="C"), self.device))
         if self.takes_seed:
             tensors.append(self._seed_tensor(seed))
+        if self.takes_t:
+            tensors.append(self._t_tensor(t))
         return tensors
 
-    def __call__(self, *args, seed=None, **kwargs):
+    def __call__(self, *args, seed=None, t=None, **kwargs):
         """Run once. One output comes back as an array, several as a list of arrays.
 
         A quantized program samples activations with a fresh seed per call; pass `seed=` (an
-        integer) to make a call reproducible.
+        integer) to make a call reproducible. A program with MCA noise needs `t=`.
         """
-        result = self._vm["main"](*self._arguments(args, kwargs, seed))
+        result = self._vm["main"](*self._arguments(args, kwargs, seed, t))
         outputs = _to_numpy(result)
         count = len(self.output_info)
         for layer, stats in zip(self._sampled, outputs[count:]):
@@ -176,12 +190,12 @@ class CompiledModel:
                 arrays.append(rng.integers(0, 2, size=info.shape).astype(dtype))
         return arrays
 
-    def benchmark(self, *inputs, repeat=10, number=None, min_repeat_ms=100) -> LatencyStats:
+    def benchmark(self, *inputs, repeat=10, number=None, min_repeat_ms=100, t=24) -> LatencyStats:
         """Latency from TVM's time evaluator: a warm-up call, then `repeat` means of `number` calls.
 
         `number` defaults to enough calls for one measurement to last `min_repeat_ms`.
         """
-        tensors = self._arguments(inputs or tuple(self.random_inputs()), {})
+        tensors = self._arguments(inputs or tuple(self.random_inputs()), {}, t=t)
         self._vm.set_input("main", *tensors)
         if number is None:
             probe = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=1)
@@ -196,13 +210,13 @@ class CompiledModel:
             repeat=repeat, number=number,
         )
 
-    def profile(self, *inputs, repeat=5) -> dict:
+    def profile(self, *inputs, repeat=5, t=24) -> dict:
         """Mean milliseconds per program call spent in each kernel, largest first.
 
         Uses the VM's instrumentation (a host timer around every call; on a GPU the kernels
         are asynchronous, so this measures launches). For where-the-time-goes, not latency.
         """
-        tensors = self._arguments(inputs or tuple(self.random_inputs()), {})
+        tensors = self._arguments(inputs or tuple(self.random_inputs()), {}, t=t)
         totals, started = collections.defaultdict(float), {}
 
         def instrument(func, symbol, before_run, ret_value, *args):

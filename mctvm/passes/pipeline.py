@@ -13,11 +13,13 @@ from tvm import relax
 
 from .fold_mcq_weights import FoldMCQWeights
 from .insert_activation_sampling import InsertActivationSampling
+from .insert_mca_noise import InsertMCANoise
 from .plan_mcq_layers import PlanMCQLayers
 
 
-def graph_phases(target, mcq=None, onnx_gemms=()) -> list:
-    """Graph-level phases, run on the imported fp32 Relax module. `mcq` is MCQOptions or None."""
+def graph_phases(target, mcq=None, onnx_gemms=(), mca=None) -> list:
+    """Graph-level phases, run on the imported fp32 Relax module. `mcq` is MCQOptions or None;
+    `mca` the keyword arguments of InsertMCANoise, or None."""
     phases = [
         # Clean up after import: fold Gemm's transposes and other constant sub-graphs into
         # the weights, so that each GEMM/conv sees its final constant operand.
@@ -33,6 +35,9 @@ def graph_phases(target, mcq=None, onnx_gemms=()) -> list:
             ("mcq-activations", [InsertActivationSampling(mcq, _device(target)),
                                  relax.transform.DeadCodeElimination()]),
         ]
+    if mca is not None:
+        # Monte Carlo Arithmetic: inexact() around GEMM/convs and on the outputs (MCDA).
+        phases.append(("mca-noise", [InsertMCANoise(**mca)]))
     return phases
 
 
@@ -47,9 +52,10 @@ def lowering_phase(target) -> tuple:
     return ("lower-" + target.kind.name, backend(target).lowering_passes(target))
 
 
-def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None) -> tvm.IRModule:
+def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None,
+        mca=None) -> tvm.IRModule:
     """Run every phase on `mod` for `target`; the result is ready for `tvm.compile`."""
-    phases = graph_phases(target, mcq, onnx_gemms) + [lowering_phase(target)]
+    phases = graph_phases(target, mcq, onnx_gemms, mca) + [lowering_phase(target)]
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         _dump(mod, dump_dir, 0, "imported")

@@ -1,0 +1,173 @@
+"""MCDA: Monte Carlo Arithmetic trials of a model's loss, and the digits it loses (K, t_min).
+
+`mcda(model, inputs, labels)` compiles the model with inexact() around every GEMM/conv
+(InsertMCANoise), runs `trials` noisy inferences of one batch for each virtual precision t,
+takes the loss of each (itself perturbed, as the paper does), and fits the MCALIB model
+(`mca_fit.fit`). Note: this K is "digits lost", not MCQ's sampling factor K.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import mca_fit
+from .errors import MctvmError
+from .kernels.inexact import CONVENTION_TEXT, inexact_np
+
+LOSS_STREAM = 1 << 23
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy over the batch, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+LOSSES = {"cross_entropy": cross_entropy}
+
+
+def trial_seed(seed: int, t: int, trial: int) -> int:
+    """The seed of one trial: independent of the order trials run in, or where."""
+    return int(np.random.SeedSequence([seed, t, trial]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class MCDAResult:
+    """Per-t loss samples, the MCALIB fit (digits lost K, t_min) and how they were made."""
+
+    fit: mca_fit.MCAFit
+    samples: dict
+    mode: str
+    convention: str
+    trials: int
+    seconds: float
+    layers: list | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def digits_lost(self) -> float:
+        return self.fit.digits_lost
+
+    @property
+    def t_min(self) -> int:
+        return self.fit.t_min
+
+    @property
+    def interval(self) -> tuple:
+        """95% interval of the digits lost."""
+        return (self.fit.digits_lost - self.fit.ci_halfwidth,
+                self.fit.digits_lost + self.fit.ci_halfwidth)
+
+    def __str__(self):
+        return (f"MCDA ({self.mode}, {self.trials} trials per t, noise {self.convention}, "
+                f"{self.seconds:.1f} s)\n{self.fit}")
+
+    def plot(self, path, title="MCDA: relative standard deviation of the loss"):
+        """The paper's Figure 4: log10 RSD against t, the fit, outliers, the ideal 2^-t."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        f = self.fit
+        t = np.asarray(f.t, dtype=float)
+        log_rsd = np.log10(f.rsd)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot(t[~f.outlier], log_rsd[~f.outlier], "o", label="log10 RSD of the loss")
+        ax.plot(t[f.outlier], log_rsd[f.outlier], "x", color="tab:red", ms=9, label="outliers")
+        ax.plot(t, f.slope * t + f.intercept, "-", color="tab:orange",
+                label=f"fit: K = {f.digits_lost:.2f} digits lost")
+        ax.plot(t, -np.log10(2.0) * t, ":", color="k", label="ideal 2^-t")
+        ax.axvline(f.t_min, color="gray", ls="--", label=f"t_min = {f.t_min}")
+        ax.set_xlabel("virtual precision t (bits)")
+        ax.set_ylabel("log10 relative standard deviation")
+        ax.set_title(title + f"\n(noise {self.convention}, {self.trials} trials per t)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def compile_for_mcda(model, batch_shape, *, mode="mca", layers=None, convention="paper",
+                     target="llvm", **options):
+    """The model compiled with MCA noise for inputs of `batch_shape`."""
+    import mctvm
+
+    from . import frontend
+
+    proto = frontend.load_model(model)
+    name = frontend.graph_inputs(proto)[0].name
+    return mctvm.compile(proto, target=target, shapes={name: tuple(batch_shape)},
+                         mca={"mode": mode, "layers": layers, "convention": convention}, **options)
+
+
+def run_trials(compiled, inputs, labels, t_values, trials, seed=0, loss=cross_entropy,
+               convention="paper", progress=True, trial_ids=None) -> dict:
+    """{t: float64 losses}: one noisy inference of the batch per trial; loss itself perturbed."""
+    ids = range(trials) if trial_ids is None else trial_ids
+    bar = _progress(len(t_values) * len(ids), progress)
+    samples = {}
+    for t in t_values:
+        losses = np.empty(len(ids))
+        for k, trial in enumerate(ids):
+            s = trial_seed(seed, t, trial)
+            value = np.float32(loss(compiled(inputs, seed=s, t=t), labels))
+            losses[k] = inexact_np(np.array([value]), s, t, LOSS_STREAM, convention)[0]
+            bar.update(1)
+        samples[int(t)] = losses
+    bar.close()
+    return samples
+
+
+def mcda(model, inputs, labels, loss="cross_entropy", t=range(1, 17), trials=1000, *,
+         mode="mca", layers=None, convention="paper", seed=0, progress=True, target="llvm",
+         **options) -> MCDAResult:
+    """Digits lost (K) and t_min of `model` on one labelled batch, by MCDA.
+
+    `model`: an ONNX model (compiled here with MCA noise) or a CompiledModel built with mca=.
+    `loss`: "cross_entropy" or a function (outputs, labels) -> float.
+    """
+    loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
+    if loss_fn is None:
+        raise MctvmError(f"loss={loss!r}; use one of {sorted(LOSSES)} or a function")
+    if trials < 2:
+        raise MctvmError(f"trials={trials}: the relative standard deviation needs at least 2")
+    inputs, labels = np.asarray(inputs), np.asarray(labels)
+    compiled = model if hasattr(model, "takes_t") else compile_for_mcda(
+        model, inputs.shape, mode=mode, layers=layers, convention=convention, target=target,
+        **options)
+    if not compiled.takes_t:
+        raise MctvmError("the CompiledModel has no MCA noise; compile it with mca=True")
+    info = compiled.metadata["mca"]
+    started = time.perf_counter()
+    t_values = [int(v) for v in t]
+    samples = run_trials(compiled, inputs, labels, t_values, trials, seed, loss_fn,
+                         info["convention"], progress)
+    fit = mca_fit.fit(t_values, samples, convention=CONVENTION_TEXT[info["convention"]])
+    return MCDAResult(fit, samples, info["mode"], CONVENTION_TEXT[info["convention"]], trials,
+                      time.perf_counter() - started, info["layers"])
+
+
+class _NoBar:
+    def update(self, _n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="MCDA trials", unit="trial", leave=False)
