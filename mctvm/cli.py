@@ -177,6 +177,42 @@ def cmd_sweep(args):
         print(f"plot: {sweep.plot(rows, args.plot)}")
 
 
+def cmd_mcda(args):
+    """Digits lost (K) and t_min of each model by MCDA; several models are ranked by K."""
+    from . import mcda, models
+
+    if args.data:
+        with np.load(args.data) as data:
+            x, labels = data["x"], data["labels"]
+    else:
+        x, labels = models.test_sample()
+    x, labels = x[:args.batch], labels[:args.batch]
+    t_values = range(args.t[0], args.t[1] + 1)
+    results = []
+    for path in args.models:
+        if args.layers:
+            per_layer = mcda.layer_sensitivity(path, x, labels, t=t_values, trials=args.trials,
+                                               mode=args.mode, convention=args.convention)
+            print(f"{path}: per-layer sensitivity\n{mcda.sensitivity_table(per_layer)}")
+            if args.plot:
+                stem = Path(args.plot).with_suffix("")
+                print(f"plot: {mcda.plot_sensitivity(per_layer, f'{stem}-{Path(path).stem}-layers.png')}")
+            continue
+        result = mcda.mcda(path, x, labels, t=t_values, trials=args.trials, mode=args.mode,
+                           convention=args.convention)
+        print(f"{path}\n{result}\n")
+        if args.plot:
+            stem = Path(args.plot).with_suffix("")
+            print(f"plot: {result.plot(f'{stem}-{Path(path).stem}.png')}")
+        results.append((path, result))
+    if len(results) > 1:
+        print("ranking (fewest digits lost = most robust to reduced precision):")
+        for rank, (path, r) in enumerate(sorted(results, key=lambda pr: pr[1].digits_lost), 1):
+            lo, hi = r.interval
+            print(f"{rank:>3}. K = {r.digits_lost:6.3f} [{lo:.3f}, {hi:.3f}]  t_min = "
+                  f"{r.t_min:>2}  {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mctvm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=int, nargs="?", const=10, default=0,
                    help="also time the program (repeat count, default 10)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("mcda", help="digits lost to reduced precision (MCDA); ranks models")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--t", type=int, nargs=2, default=[1, 16], metavar=("FIRST", "LAST"))
+    p.add_argument("--batch", type=int, default=32, help="images in the one batch used")
+    p.add_argument("--data", help=".npz with x and labels (default: the built-in test images)")
+    p.add_argument("--mode", default="mca", choices=["mca", "pb", "rr"])
+    p.add_argument("--convention", default="paper", choices=["paper", "verificarlo", "mcalib"])
+    p.add_argument("--layers", action="store_true", help="per-layer sensitivity instead")
+    p.add_argument("--plot", help="PNG path stem for the Figure-4 style plots")
+    p.set_defaults(func=cmd_mcda)
 
     p = sub.add_parser("info", help="describe an ONNX model or a compiled library")
     p.add_argument("model")

@@ -171,3 +171,55 @@ def _progress(total, enabled):
     except ImportError:
         return _NoBar()
     return tqdm(total=total, desc="MCDA trials", unit="trial", leave=False)
+
+
+def layer_sensitivity(model, inputs, labels, t=range(1, 17), trials=1000, **kwargs) -> list:
+    """MCDA with noise on one GEMM/conv at a time: [(site, MCDAResult)] in graph order."""
+    inputs = np.asarray(inputs)
+    probe = compile_for_mcda(model, inputs.shape, layers=[], **_compile_keys(kwargs))
+    results = []
+    for site in probe.metadata["mca"]["sites"]:
+        compiled = compile_for_mcda(model, inputs.shape, layers=[site["index"]],
+                                    **_compile_keys(kwargs))
+        result = mcda(compiled, inputs, labels, t=t, trials=trials, **_run_keys(kwargs))
+        results.append((site, result))
+    return results
+
+
+def _compile_keys(kwargs):
+    return {k: v for k, v in kwargs.items() if k in ("mode", "convention", "target")}
+
+
+def _run_keys(kwargs):
+    return {k: v for k, v in kwargs.items() if k in ("loss", "seed", "progress")}
+
+
+def sensitivity_table(results) -> str:
+    lines = [f"{'site':>4}  {'op':<7} {'digits lost K':>14} {'95% CI':>17} {'t_min':>5}"]
+    for site, r in results:
+        lo, hi = r.interval
+        lines.append(f"{site['index']:>4}  {site['op']:<7} {r.digits_lost:14.3f} "
+                     f"[{lo:7.3f},{hi:7.3f}] {r.t_min:>5}")
+    return "\n".join(lines)
+
+
+def plot_sensitivity(results, path):
+    """A bar chart of digits lost per GEMM/conv, with the 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{site['index']}:{site['op']}" for site, _ in results]
+    values = [r.digits_lost for _, r in results]
+    errors = [r.fit.ci_halfwidth for _, r in results]
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(results) + 2), 3.6))
+    ax.bar(labels, values, yerr=errors, capsize=3, color="tab:blue")
+    ax.set_ylabel("digits lost K")
+    ax.set_xlabel("GEMM/conv (graph order)")
+    ax.set_title("MCDA per-layer sensitivity (noise on one layer at a time)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -142,3 +142,27 @@ def test_cross_entropy_matches_the_definition():
     logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert cross_entropy(logits, np.array([0, 1])) == pytest.approx(-np.log(p[[0, 1], [0, 1]]).mean())
+
+
+def test_layer_sensitivity_and_cli_ranking(small, tmp_path, capsys):
+    from mctvm.cli import main
+    from mctvm.mcda import layer_sensitivity, sensitivity_table
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    results = layer_sensitivity(small, x, labels, t=range(6, 15, 2), trials=12, progress=False)
+    assert [site["op"] for site, _ in results] == ["conv2d", "conv2d", "matmul"]
+    assert all(np.isfinite(r.digits_lost) for _, r in results)
+    assert "digits lost K" in sensitivity_table(results)
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small, a)
+    onnx.save(_fragile(small), b)
+    np.savez(tmp_path / "data.npz", x=x, labels=labels)
+    assert main(["mcda", str(b), str(a), "--trials", "12", "--t", "6", "14", "--batch", "4",
+                 "--data", str(tmp_path / "data.npz"), "--plot", str(tmp_path / "fig.png")]) == 0
+    out = capsys.readouterr().out
+    ranking = out[out.index("ranking"):].splitlines()
+    assert ranking[1].endswith("a.onnx") and ranking[2].endswith("b.onnx")
+    assert (tmp_path / "fig-a.png").is_file()
