@@ -175,6 +175,13 @@ def cmd_sweep(args):
     print(sweep.format_rows(rows))
     if args.plot:
         print(f"plot: {sweep.plot(rows, args.plot)}")
+    if args.float_bits:
+        print(f"quantized floating point (weights and activations, {args.rounding} rounding):")
+        for r in sweep.float_format_sweep(args.model, x, labels, args.float_bits,
+                                          rounding=args.rounding, batch=args.batch,
+                                          target=args.target):
+            mark = "  <- best" if r["best"] else ""
+            print(f"  {r['bits']} bits = 1+{r['E']}+{r['M']}: {100 * r['accuracy']:6.2f}%{mark}")
 
 
 def cmd_mcda(args):
@@ -241,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--target", default="llvm")
     p.add_argument("--plot", help="write the Figure-2 style plot to this PNG")
+    p.add_argument("--float-bits", type=int, nargs="*", default=[],
+                   help="also: accuracy in small float formats of these total bits (e.g. 8 6 5)")
+    p.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"])
     _add_mcq_arguments(p)
     p.set_defaults(func=cmd_sweep)
 

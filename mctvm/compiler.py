@@ -12,9 +12,11 @@ from .errors import MctvmError, TargetError, UnsupportedOpError
 from .frontend import ModelLike, TensorInfo
 from .mcq_options import MCQOptions
 from .passes import pipeline
+from .kernels.float_format import format_limits
 from .kernels.inexact import CONVENTIONS
 from .passes.insert_mca_noise import MODES as MCA_MODES, SITES_ATTR
 from .passes.plan_mcq_layers import read_layers
+from .passes.signature import EXTRA_INPUTS
 from .runtime import METADATA_FUNC, CompiledModel
 from .targets import TargetLike, backend, resolve
 
@@ -27,6 +29,7 @@ def compile(  # pylint: disable=redefined-builtin
     shapes: Mapping[str, Sequence[int]] | None = None,
     dump_dir=None,
     mca=None,
+    float_format=None,
     **mcq_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for `target`.
@@ -40,6 +43,8 @@ def compile(  # pylint: disable=redefined-builtin
     `mca` adds Monte Carlo Arithmetic noise for MCDA: True, or a dict with mode ("mca",
     "pb", "rr"), layers (GEMM/conv positions, None = all) and convention ("paper",
     "verificarlo", "mcalib"); the program then takes `t=` (virtual precision) and `seed=`.
+    `float_format` rounds GEMM/conv operands to a small float format (MCDA appendix A.2):
+    {"weights": (E, M), "activations": (E, M), "rounding": "stochastic" | "nearest"}.
     `shapes` gives concrete sizes for dynamic input dimensions, e.g. {"input": (64, 1, 28,
     28)}. `dump_dir` writes the IR after each pipeline phase.
     """
@@ -48,6 +53,7 @@ def compile(  # pylint: disable=redefined-builtin
     except TypeError as err:
         raise MctvmError(f"{err}; see help(mctvm.compile) for the options") from None
     mca = _mca_options(mca)
+    float_format = _float_format_options(float_format)
     tgt = resolve(target)
     proto = frontend.load_model(model)
     proto = frontend.upgrade_opset(proto)
@@ -64,11 +70,15 @@ def compile(  # pylint: disable=redefined-builtin
         "K": K,
     }
     with _build_errors(tgt):
-        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir, mca)
+        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir, mca,
+                           float_format)
+        if float_format is not None:
+            metadata["float_format"] = float_format
         if mcq is not None:
             metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
         if mca is not None:
             metadata["mca"] = {**mca, "sites": json.loads(str(mod.attrs[SITES_ATTR]))}
+        metadata["extra_inputs"] = [p.name for p in mod["main"].params if p.name in EXTRA_INPUTS]
         with tgt:
             executable, sources = backend(tgt).build(_with_metadata(mod, metadata), tgt)
     return CompiledModel(executable, tgt, metadata, sources=sources)
@@ -140,6 +150,27 @@ def _mca_options(mca) -> dict | None:
         raise MctvmError(f"mca convention {options['convention']!r}; use one of {sorted(CONVENTIONS)}")
     if options["layers"] is not None:
         options["layers"] = sorted(int(i) for i in options["layers"])
+    return options
+
+
+def _float_format_options(float_format) -> dict | None:
+    """The RoundToFloatFormat keywords for `float_format=`, checked."""
+    if float_format is None:
+        return None
+    options = {"weights": None, "activations": None, "rounding": "stochastic"}
+    unknown = sorted(set(float_format) - set(options))
+    if unknown:
+        raise MctvmError(f"float_format= has unknown keys {unknown}; it takes {sorted(options)}")
+    options.update(float_format)
+    if options["rounding"] not in ("stochastic", "nearest"):
+        raise MctvmError(f"rounding={options['rounding']!r}; use 'stochastic' or 'nearest'")
+    for part in ("weights", "activations"):
+        if options[part] is not None:
+            try:
+                format_limits(*options[part])
+            except (TypeError, ValueError) as err:
+                raise MctvmError(f"float_format[{part!r}]: {err}") from None
+            options[part] = list(options[part])
     return options
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import ExportError, InputError, MctvmError, ModelError
 from .frontend import TensorInfo
+from .passes.signature import SEED_PARAM, T_PARAM
 from .report import ActivationStats
 
 METADATA_FUNC = "mctvm_metadata"
@@ -93,13 +94,14 @@ class CompiledModel:
 
     @property
     def takes_seed(self) -> bool:
-        """True when the program draws random numbers at run time (MCQ activations, MCA)."""
-        return bool(self._sampled) or self.takes_t
+        """True when the program draws random numbers at run time (MCQ, MCA, stochastic
+        rounding): a call takes `seed=`, fresh by default."""
+        return SEED_PARAM in self.metadata.get("extra_inputs", [])
 
     @property
     def takes_t(self) -> bool:
         """True when the program adds Monte Carlo Arithmetic noise (it needs `t=`)."""
-        return "mca" in self.metadata
+        return T_PARAM in self.metadata.get("extra_inputs", [])
 
     def _t_tensor(self, t):
         if t is None:
@@ -144,10 +146,8 @@ class CompiledModel:
                     f"pass x.astype('{info.dtype}')"
                 )
             tensors.append(_tvm().runtime.tensor(np.require(array, requirements="C"), self.device))
-        if self.takes_seed:
-            tensors.append(self._seed_tensor(seed))
-        if self.takes_t:
-            tensors.append(self._t_tensor(t))
+        extra = {SEED_PARAM: lambda: self._seed_tensor(seed), T_PARAM: lambda: self._t_tensor(t)}
+        tensors += [extra[name]() for name in self.metadata.get("extra_inputs", [])]
         return tensors
 
     def __call__(self, *args, seed=None, t=None, **kwargs):

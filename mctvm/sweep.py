@@ -112,3 +112,25 @@ def plot(rows, path, title="MCQ: accuracy, used values and bits against K"):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def float_format_sweep(model, x, labels, bits=(8, 6, 5), *, rounding="stochastic", batch=64,
+                       target="llvm") -> list:
+    """Accuracy with weights and activations in a (1 + E + M)-bit float format, for every
+    split of each total, as the MCDA paper's appendix A.2 does; rows marked best per total."""
+    import mctvm
+
+    proto, name, shape = _input_shape(model, batch)
+    rows = []
+    for total in bits:
+        splits = [(e, total - 1 - e) for e in range(2, min(8, total - 1) + 1)]
+        best = None
+        for e, m in splits:
+            fmt = {"weights": (e, m), "activations": (e, m), "rounding": rounding}
+            compiled = mctvm.compile(proto, target=target, shapes={name: shape}, float_format=fmt)
+            row = {"bits": total, "E": e, "M": m, "rounding": rounding,
+                   "accuracy": accuracy(compiled, x, labels), "best": False}
+            rows.append(row)
+            best = row if best is None or row["accuracy"] > best["accuracy"] else best
+        best["best"] = True
+    return rows

@@ -166,3 +166,19 @@ def test_layer_sensitivity_and_cli_ranking(small, tmp_path, capsys):
     ranking = out[out.index("ranking"):].splitlines()
     assert ranking[1].endswith("a.onnx") and ranking[2].endswith("b.onnx")
     assert (tmp_path / "fig-a.png").is_file()
+
+
+def test_qfp_accuracy_follows_the_ranking_mcda_predicts(small):
+    """The model that loses more digits (built-in cancellation) also loses more accuracy in an
+    8-bit float format, as the paper's model selection relies on."""
+    from mctvm.sweep import float_format_sweep
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
+    labels = mctvm.compile(small, shapes={"input": x.shape})(x).argmax(axis=1)  # float = 100%
+    best = {}
+    for name, model in (("original", small), ("fragile", _fragile(small))):
+        rows = float_format_sweep(model, x, labels, bits=(8,), rounding="stochastic", batch=64)
+        assert [(r["E"], r["M"]) for r in rows] == [(e, 7 - e) for e in range(2, 8)]
+        best[name] = max(r["accuracy"] for r in rows)
+    assert best["original"] > best["fragile"]

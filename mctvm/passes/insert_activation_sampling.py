@@ -10,9 +10,9 @@ from tvm.ir import GenericConst
 
 from ..kernels.activation_sampling import sampling_prim_func
 from .layers import gemm_kind
+from .signature import SEED_PARAM, find_or_make, with_params
 from .plan_mcq_layers import read_layers, write_layers
 
-SEED_PARAM = "mctvm_seed"
 STATS_FIELDS = ("nonzero", "max_count", "saturated")
 
 
@@ -93,15 +93,13 @@ class InsertActivationSampling:
         layers = read_layers(mod)
         if not any(layer["K_activations"] for layer in layers):
             return mod
-        seed = relax.Var(SEED_PARAM, relax.TensorType([1], "int64"))
+        seed, is_new = find_or_make(mod["main"], SEED_PARAM)
         sampler = _Sampler(mod, layers, self.options, seed, self.device)
         func = sampler.visit_expr(mod["main"])
         body = func.body
         outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
         returned = relax.Tuple(outputs + [v for _, v in sampler.stats])
         new_body = sampler.builder_.normalize(relax.SeqExpr(body.blocks, returned))
-        num_input = int(func.attrs.get("num_input", len(func.params))) + 1
-        new_func = relax.Function(list(func.params) + [seed], new_body, attrs=func.attrs)
-        new_func = new_func.with_attr("num_input", num_input)
+        new_func = with_params(func, [seed] if is_new else [], new_body)
         sampler.builder_.update_func(mod.get_global_var("main"), new_func)
         return write_layers(sampler.builder_.get(), layers)

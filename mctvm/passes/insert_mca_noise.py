@@ -13,10 +13,9 @@ import tvm
 from tvm import relax
 
 from ..kernels.inexact import inexact_te
-from .insert_activation_sampling import SEED_PARAM
 from .layers import GEMM_OPS
+from .signature import SEED_PARAM, T_PARAM, find_or_make, with_params
 
-T_PARAM = "mctvm_t"
 MODES = ("mca", "pb", "rr")
 # Random streams of the noise: three per site (two inputs, output), after MCQ's streams.
 STREAM_BASE = 1 << 21
@@ -82,10 +81,8 @@ class InsertMCANoise:
         kinds = gemm_calls(mod)
         selected = set(range(len(kinds))) if self.layers is None else set(self.layers)
         main = mod["main"]
-        seed = next((p for p in main.params if p.name == SEED_PARAM), None)
-        new_params = [] if seed is not None else [relax.Var(SEED_PARAM, relax.TensorType([1], "int64"))]
-        seed = seed if seed is not None else new_params[0]
-        t = relax.Var(T_PARAM, relax.TensorType([1], "int32"))
+        seed, seed_is_new = find_or_make(main, SEED_PARAM)
+        t, _ = find_or_make(main, T_PARAM)
         noise = _Noise(mod, selected, self.mode, self.convention, seed, t)
         func = noise.visit_expr(main)
         body = func.body
@@ -96,9 +93,8 @@ class InsertMCANoise:
         returned = outputs[0] if len(outputs) == 1 and not isinstance(body.body, relax.Tuple) \
             else relax.Tuple(outputs)
         new_body = noise.builder_.normalize(relax.SeqExpr(blocks, returned))
-        num_input = int(func.attrs.get("num_input", len(func.params))) + len(new_params) + 1
-        new_func = relax.Function(list(func.params) + new_params + [t], new_body, attrs=func.attrs)
-        noise.builder_.update_func(mod.get_global_var("main"), new_func.with_attr("num_input", num_input))
+        new_func = with_params(func, ([seed] if seed_is_new else []) + [t], new_body)
+        noise.builder_.update_func(mod.get_global_var("main"), new_func)
         sites = [{"index": i, "op": kind, "noisy": i in selected} for i, kind in enumerate(kinds)]
         return noise.builder_.get().with_attr(SITES_ATTR, json.dumps(sites))
 

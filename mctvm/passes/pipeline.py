@@ -15,11 +15,12 @@ from .fold_mcq_weights import FoldMCQWeights
 from .insert_activation_sampling import InsertActivationSampling
 from .insert_mca_noise import InsertMCANoise
 from .plan_mcq_layers import PlanMCQLayers
+from .round_to_float_format import RoundToFloatFormat
 
 
-def graph_phases(target, mcq=None, onnx_gemms=(), mca=None) -> list:
+def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -> list:
     """Graph-level phases, run on the imported fp32 Relax module. `mcq` is MCQOptions or None;
-    `mca` the keyword arguments of InsertMCANoise, or None."""
+    `mca` and `float_format` the keyword arguments of InsertMCANoise / RoundToFloatFormat."""
     phases = [
         # Clean up after import: fold Gemm's transposes and other constant sub-graphs into
         # the weights, so that each GEMM/conv sees its final constant operand.
@@ -35,6 +36,9 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None) -> list:
             ("mcq-activations", [InsertActivationSampling(mcq, _device(target)),
                                  relax.transform.DeadCodeElimination()]),
         ]
+    if float_format is not None:
+        # Quantized floating point: GEMM/conv operands rounded to (E, M) bits.
+        phases.append(("float-format", [RoundToFloatFormat(**float_format)]))
     if mca is not None:
         # Monte Carlo Arithmetic: inexact() around GEMM/convs and on the outputs (MCDA).
         phases.append(("mca-noise", [InsertMCANoise(**mca)]))
@@ -53,9 +57,9 @@ def lowering_phase(target) -> tuple:
 
 
 def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None,
-        mca=None) -> tvm.IRModule:
+        mca=None, float_format=None) -> tvm.IRModule:
     """Run every phase on `mod` for `target`; the result is ready for `tvm.compile`."""
-    phases = graph_phases(target, mcq, onnx_gemms, mca) + [lowering_phase(target)]
+    phases = graph_phases(target, mcq, onnx_gemms, mca, float_format) + [lowering_phase(target)]
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         _dump(mod, dump_dir, 0, "imported")
