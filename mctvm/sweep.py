@@ -115,15 +115,17 @@ def plot(rows, path, title="MCQ: accuracy, used values and bits against K"):
 
 
 def float_format_sweep(model, x, labels, bits=(8, 6, 5), *, rounding="stochastic", batch=64,
-                       target="llvm") -> list:
+                       target="llvm", exponents=None) -> list:
     """Accuracy with weights and activations in a (1 + E + M)-bit float format, for every
-    split of each total, as the MCDA paper's appendix A.2 does; rows marked best per total."""
+    split of each total (or only E in `exponents`), as the MCDA paper's appendix A.2 does;
+    rows marked best per total."""
     import mctvm
 
     proto, name, shape = _input_shape(model, batch)
     rows = []
     for total in bits:
-        splits = [(e, total - 1 - e) for e in range(2, min(8, total - 1) + 1)]
+        splits = [(e, total - 1 - e) for e in range(2, min(8, total - 1) + 1)
+                  if exponents is None or e in exponents]
         best = None
         for e, m in splits:
             fmt = {"weights": (e, m), "activations": (e, m), "rounding": rounding}
