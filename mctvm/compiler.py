@@ -30,6 +30,8 @@ def compile(  # pylint: disable=redefined-builtin
     dump_dir=None,
     mca=None,
     float_format=None,
+    allocate=None,
+    calibration=None,
     **mcq_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for `target`.
@@ -43,11 +45,15 @@ def compile(  # pylint: disable=redefined-builtin
     `mca` adds Monte Carlo Arithmetic noise for MCDA: True, or a dict with mode ("mca",
     "pb", "rr"), layers (GEMM/conv positions, None = all) and convention ("paper",
     "verificarlo", "mcalib"); the program then takes `t=` (virtual precision) and `seed=`.
+    `allocate="sensitivity"` (with `calibration=(inputs, labels)`, one batch) spreads the
+    weight samples of uniform K over the layers by their MCDA sensitivity (allocate.py).
     `float_format` rounds GEMM/conv operands to a small float format (MCDA appendix A.2):
     {"weights": (E, M), "activations": (E, M), "rounding": "stochastic" | "nearest"}.
     `shapes` gives concrete sizes for dynamic input dimensions, e.g. {"input": (64, 1, 28,
     28)}. `dump_dir` writes the IR after each pipeline phase.
     """
+    if allocate is not None:
+        mcq_options["layer_K"] = _allocated_K(model, K, allocate, calibration, mcq_options)
     try:
         mcq = MCQOptions.from_args(K, **mcq_options)
     except TypeError as err:
@@ -132,6 +138,18 @@ def _with_metadata(mod, metadata):
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod[METADATA_FUNC] = bb.get()[METADATA_FUNC].with_attr("global_symbol", METADATA_FUNC)
     return mod
+
+
+def _allocated_K(model, K, allocate, calibration, mcq_options) -> dict:
+    from .allocate import sensitivity_layer_K
+
+    if allocate != "sensitivity":
+        raise MctvmError(f"allocate={allocate!r}; the one allocation is 'sensitivity'")
+    if K is None or calibration is None or "layer_K" in mcq_options:
+        raise MctvmError("allocate='sensitivity' needs K, calibration=(inputs, labels) (one "
+                         "labelled batch for MCDA) and no layer_K of your own")
+    inputs, labels = calibration
+    return sensitivity_layer_K(model, K, inputs, labels, progress=False)
 
 
 def _mca_options(mca) -> dict | None:

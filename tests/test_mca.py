@@ -183,3 +183,29 @@ def test_qfp_accuracy_follows_the_ranking_mcda_predicts(small):
         assert [(r["E"], r["M"]) for r in rows] == [(3, 4), (4, 3)]
         best[name] = max(r["accuracy"] for r in rows)
     assert best["original"] > best["fragile"]
+
+
+def test_allocation_keeps_the_total_and_follows_sensitivity():
+    from mctvm.allocate import allocate_K
+
+    sizes = {"a": 100, "b": 300, "c": 600}
+    ks = allocate_K(5.0, sizes, {"a": 1.0, "b": 3.0, "c": 1.0})
+    assert sum(ks[n] * sizes[n] for n in sizes) == pytest.approx(5.0 * 1000)
+    assert ks["b"] == pytest.approx(4 * ks["a"]) and ks["a"] == pytest.approx(ks["c"])
+    even = allocate_K(2.0, sizes, {"a": 0.5, "b": 0.5, "c": 0.5})
+    assert all(k == pytest.approx(2.0) for k in even.values())
+
+
+def test_compile_with_sensitivity_allocation(small):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    compiled = mctvm.compile(small, K=2, shapes={"input": x.shape}, skip=(),
+                             allocate="sensitivity", calibration=(x, labels))
+    rows = compiled.report().rows
+    total = sum(r["N_weights"] for r in rows)
+    sizes = [int(np.prod(r["weight_shape"])) for r in rows]
+    assert abs(total - 2 * sum(sizes)) <= len(rows)  # same samples as uniform K=2
+    assert len({r["K_weights"] for r in rows}) > 1
+    with pytest.raises(mctvm.MctvmError, match="calibration"):
+        mctvm.compile(small, K=2, shapes={"input": x.shape}, allocate="sensitivity")

@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from ..kernels.inexact import inexact_te
-from .layers import GEMM_OPS
+from .layers import GEMM_OPS, gemm_kind
 from .signature import SEED_PARAM, T_PARAM, find_or_make, with_params
 
 MODES = ("mca", "pb", "rr")
@@ -24,14 +24,14 @@ SITES_ATTR = "mctvm.mca_sites"
 
 
 def gemm_calls(mod) -> list:
-    """(kind, position) of every conv2d/matmul in main, constant weight or not, in order."""
+    """(kind, has a constant weight) of every conv2d/matmul in main, in order."""
     kinds = []
 
     @relax.expr_functor.visitor
     class _Collector(relax.PyExprVisitor):
         def visit_call_(self, call):
             if isinstance(call.op, tvm.ir.Op) and call.op.name in GEMM_OPS:
-                kinds.append(GEMM_OPS[call.op.name])
+                kinds.append((GEMM_OPS[call.op.name], gemm_kind(call) is not None))
             super().visit_call_(call)
 
     _Collector().visit_expr(mod["main"])
@@ -95,7 +95,8 @@ class InsertMCANoise:
         new_body = noise.builder_.normalize(relax.SeqExpr(blocks, returned))
         new_func = with_params(func, ([seed] if seed_is_new else []) + [t], new_body)
         noise.builder_.update_func(mod.get_global_var("main"), new_func)
-        sites = [{"index": i, "op": kind, "noisy": i in selected} for i, kind in enumerate(kinds)]
+        sites = [{"index": i, "op": kind, "constant_weight": const, "noisy": i in selected}
+                 for i, (kind, const) in enumerate(kinds)]
         return noise.builder_.get().with_attr(SITES_ATTR, json.dumps(sites))
 
     def _perturb_outputs(self, noise, outputs, blocks, main):
