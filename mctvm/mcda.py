@@ -128,11 +128,13 @@ def run_trials(compiled, inputs, labels, t_values, trials, seed=0, loss=cross_en
 
 def mcda(model, inputs, labels, loss="cross_entropy", t=range(1, 17), trials=1000, *,
          mode="mca", layers=None, convention="paper", seed=0, progress=True, target="llvm",
-         **options) -> MCDAResult:
+         devices=None, **options) -> MCDAResult:
     """Digits lost (K) and t_min of `model` on one labelled batch, by MCDA.
 
     `model`: an ONNX model (compiled here with MCA noise) or a CompiledModel built with mca=.
     `loss`: "cross_entropy" or a function (outputs, labels) -> float.
+    `devices`: TVM RPC servers ("host:port" or tvm.rpc sessions) to spread the trials over;
+    every trial's seed depends only on (seed, t, trial), so the result is the same as here.
     """
     loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
     if loss_fn is None:
@@ -148,11 +150,53 @@ def mcda(model, inputs, labels, loss="cross_entropy", t=range(1, 17), trials=100
     info = compiled.metadata["mca"]
     started = time.perf_counter()
     t_values = [int(v) for v in t]
-    samples = run_trials(compiled, inputs, labels, t_values, trials, seed, loss_fn,
-                         info["convention"], progress)
+    if devices:
+        samples = _run_remote(compiled, devices, inputs, labels, t_values, trials, seed, loss_fn,
+                              info["convention"])
+    else:
+        samples = run_trials(compiled, inputs, labels, t_values, trials, seed, loss_fn,
+                             info["convention"], progress)
     fit = mca_fit.fit(t_values, samples, convention=CONVENTION_TEXT[info["convention"]])
     return MCDAResult(fit, samples, info["mode"], CONVENTION_TEXT[info["convention"]], trials,
                       time.perf_counter() - started, info["layers"])
+
+
+def _run_remote(compiled, devices, inputs, labels, t_values, trials, seed, loss_fn, convention):
+    """Trials split round-robin over RPC servers, one thread each; merged in trial order."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from tvm import rpc
+
+    sessions = [rpc.connect(*_address(d)) if isinstance(d, str) else d for d in devices]
+    shares = [list(range(i, trials, len(sessions))) for i in range(len(sessions))]
+    with tempfile.TemporaryDirectory() as folder:
+        # Export once, here: TVM's export is not safe to run from several threads at once.
+        library = compiled.export_library(Path(folder) / "mctvm_mcda.so")
+        remotes = [compiled.on_rpc(session, library) for session in sessions]
+
+    def work(args):
+        remote, ids = args
+        return ids, run_trials(remote, inputs, labels, t_values, len(ids), seed, loss_fn,
+                               convention, progress=False, trial_ids=ids)
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        parts = list(pool.map(work, zip(remotes, shares)))
+    samples = {}
+    for t in t_values:
+        merged = np.empty(trials)
+        for ids, part in parts:
+            merged[ids] = part[int(t)]
+        samples[int(t)] = merged
+    return samples
+
+
+def _address(device: str):
+    host, _, port = device.rpartition(":")
+    if not host or not port.isdigit():
+        raise MctvmError(f"device {device!r}: give RPC servers as 'host:port'")
+    return host, int(port)
 
 
 class _NoBar:

@@ -210,6 +210,27 @@ class CompiledModel:
             repeat=repeat, number=number,
         )
 
+    def on_rpc(self, session, library=None) -> "CompiledModel":
+        """This program on a TVM RPC server: exported, uploaded, loaded there; calls run remotely.
+
+        `session` is a tvm.rpc session (rpc.connect(host, port), or a tracker's request).
+        `library` is this program already exported (export once when using many servers).
+        """
+        import tempfile
+
+        from tvm import relax
+
+        with tempfile.TemporaryDirectory() as folder:
+            library = Path(library) if library else self.export_library(
+                Path(folder) / "mctvm_program.so")
+            session.upload(str(library))
+            module = session.load_module(library.name)
+        device = session.cuda(0) if self.target.kind.name == "cuda" else session.cpu(0)
+        remote = CompiledModel(module, self.target, self.metadata,
+                               vm=relax.VirtualMachine(module, device))
+        remote.device = device
+        return remote
+
     def profile(self, *inputs, repeat=5, t=24) -> dict:
         """Mean milliseconds per program call spent in each kernel, largest first.
 

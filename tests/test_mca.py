@@ -209,3 +209,52 @@ def test_compile_with_sensitivity_allocation(small):
     assert len({r["K_weights"] for r in rows}) > 1
     with pytest.raises(mctvm.MctvmError, match="calibration"):
         mctvm.compile(small, K=2, shapes={"input": x.shape}, allocate="sensitivity")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def rpc_servers():
+    """Two TVM RPC servers on loopback, as `python -m tvm.exec.rpc_server` starts them."""
+    import subprocess
+    import sys
+    import time
+
+    from tvm import rpc
+
+    ports = [_free_port(), _free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                               "--port", str(p), "--port-end", str(p + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    try:
+        for port in ports:  # wait (bounded) until each accepts a session
+            for _ in range(100):
+                try:
+                    rpc.connect("127.0.0.1", port, session_timeout=5)
+                    break
+                except Exception:  # not listening yet
+                    time.sleep(0.2)
+        yield [f"127.0.0.1:{p}" for p in ports]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_mcda_over_two_rpc_servers_equals_a_local_run(small, rpc_servers):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    local = mcda(small, x, labels, t=range(4, 12, 2), trials=10, progress=False)
+    remote = mcda(small, x, labels, t=range(4, 12, 2), trials=10, progress=False,
+                  devices=rpc_servers)
+    for t in local.samples:
+        np.testing.assert_array_equal(remote.samples[t], local.samples[t])
+    assert remote.digits_lost == local.digits_lost
