@@ -3,8 +3,9 @@
     python bench/bench_allocation.py [--K 1 2] [--trials 50]
 
 Per-layer MCDA on one batch of 32 test images gives each layer's digits lost; the weights'
-samples are spread by 2^digits_lost with the same total as uniform K. Accuracy over the
-evaluation set (10k with Debian's package, else the 1k sample), mean of 3 seeds.
+samples are spread by 2^digits_lost with the same total as uniform K (all layers quantized,
+weights only, so the totals compare). Accuracy over the evaluation set (10k with Debian's
+package, else the 1k sample), mean over 3 weight-sampling seeds.
 Writes bench/out/allocation.{txt,json}.
 """
 
@@ -22,12 +23,15 @@ from mctvm.evaluate import predict
 from common import machine, print_table, save
 
 
-def accuracy(compiled, x, labels, seeds=3):
+def mean_accuracy(K, options, x, labels, seeds=3):
+    """Mean accuracy over weight-sampling seeds, and the total of weight samples."""
     hits = []
     for seed in range(seeds):
-        compiled._seeds = np.random.default_rng(seed)  # reproducible fresh samples per batch
+        compiled = mctvm.compile(models.default_model(), K=K, shapes={"input": (100, 1, 28, 28)},
+                                 quantize=("weights",), skip=(), seed=seed, **options)
         hits.append(np.mean(predict(compiled, x).argmax(axis=1) == labels))
-    return float(np.mean(hits))
+    samples = sum(r["N_weights"] for r in compiled.report().rows)
+    return float(np.mean(hits)), samples
 
 
 def main():
@@ -43,11 +47,9 @@ def main():
         layer_K = sensitivity_layer_K(models.default_model(), K, *calib, trials=args.trials,
                                       progress=False)
         for label, options in (("uniform", {}), ("sensitivity", {"layer_K": layer_K})):
-            compiled = mctvm.compile(models.default_model(), K=K, shapes={"input": (100, 1, 28, 28)},
-                                     quantize=("weights",), **options)
-            samples = sum(r["N_weights"] or 0 for r in compiled.report().rows)
+            acc, samples = mean_accuracy(K, options, x, labels)
             rows.append({"K": K, "allocation": label, "weight_samples": samples,
-                         "accuracy": accuracy(compiled, x, labels)})
+                         "accuracy": acc})
     text = print_table(rows, f"MCQ weights at equal total samples, {name}, {machine()}")
     save("allocation", rows, text)
 
