@@ -231,7 +231,8 @@ def rpc_servers():
     ports = [_free_port(), _free_port()]
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                                "--port", str(p), "--port-end", str(p + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # its own group: its workers go with it
              for p in ports]
     try:
         for port in ports:  # wait (bounded) until each accepts a session
@@ -243,8 +244,11 @@ def rpc_servers():
                     time.sleep(0.2)
         yield [f"127.0.0.1:{p}" for p in ports]
     finally:
+        import os
+        import signal
+
         for proc in procs:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
 
