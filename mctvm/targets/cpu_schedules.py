@@ -1,0 +1,967 @@
+"""Default CPU schedules (no tuning) for the kernels mctvm programs contain.
+
+dlight ships CPU rules for GEMV and row reductions only, so conv2d and matmul otherwise run
+as naive loop nests. The rules here are dlight-style `ScheduleRule`s that targets/cpu.py puts
+into ApplySchedules (targets/schedule.py) ahead of dlight's GEMV/Reduction rules. Each one
+recognises its kernels structurally (block iterators and buffer indices, never names) and
+returns None for anything else (or when a schedule step fails), so the next rule gets its
+turn.
+
+`Contraction`: one reduction block ``C[S] += A[..] * B[..]`` (casts allowed, e.g. int16 x
+int16 -> int32), optional producers of A (padding) and a fused elementwise epilogue: conv2d
+NCHW (any kernel, stride, dilation, padding; grouped when a group has >= 4 output
+channels), matmul, dense, batch matmul, float or integer. Two spatial iterators are chosen:
+
+- the lane iterator v: indexes C and B and not A, or A only as ``v // group`` (conv: oc;
+  matmul: n). A tile holds ``v_tile`` of them (one or two SIMD registers) in vector lanes;
+- the row iterator r: indexes C and A but not B (conv: ow; matmul: m). A tile holds
+  ``r_tile`` of them, unrolled, so each B vector load feeds r_tile multiply-adds and each
+  scalar of A is broadcast once per v_tile lanes.
+
+Loop nest: ``parallel(fused outer) / v_o / r_o / reduction (ic, kh, kw) / r_i (unrolled) /
+v_i (vectorised)``. The accumulator tile lives in a local buffer with the lane axis
+innermost; the epilogue (cast, scale, bias, relu...) is computed per tile from it; padding is
+computed per parallel iteration (a padding-free copy is inlined). When v is not B's
+innermost index (conv weights OIHW), B is re-packed to ``[v_o, .., v_i]`` by a block marked
+as a layout-rewrite pre-process, which `prepack_passes` split into its own kernel and fold
+into the constant weights at compile time.
+
+Integer operands (int8/int16 -> int32): on x86 with AVX-512BW (or AVX2) and an even
+reduction axis indexing both operands (conv: input channels), products are summed in pairs
+with pmaddwd, which LLVM fuses with the accumulation into vpdpwssd where the CPU has VNNI:
+B is packed with the pair innermost, A (the padded input) re-laid out with channel pairs
+adjacent, and the (lanes x 2) inner loops tensorized with an intrinsic registered here (not
+tvm.s_tir.tensor_intrin, whose import takes ~30 s). Otherwise int8/int16 loads are widened
+to int32 in the vector loop (vpmovsx + vpmulld: about 3x slower than float FMA).
+
+`DirectConv`: multiply-accumulate reductions Contraction can't use (depthwise and
+narrow-group convs, where the output channel also indexes the input): outer loops parallel,
+reduction loops outside the output's two innermost axes (rows unrolled, columns vectorised)
+over a local accumulator.
+
+`Elementwise`: kernels of injective blocks, and small-window reductions (pooling): inline
+into the consumers, fuse and parallelise the outer loops, vectorise the innermost.
+
+MCTVM_CPU_SCHEDULES=0 leaves all of them out (the build as it was before them);
+MCTVM_CPU_INT_PAIRS=0 only the integer pair path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+log = logging.getLogger("mctvm.schedule")
+
+ENV_SWITCH = "MCTVM_CPU_SCHEDULES"
+
+# Vector registers given to accumulators: x86-64 has 32 with AVX-512, 16 with AVX2/SSE;
+# the rest hold B's vectors and A's broadcast.
+_ACC_REGISTERS = {512: 24, 256: 12}
+# Parallel loops get at least this many iterations per core where the shape allows it.
+_PAR_PER_CORE = 4
+# Below this many output elements a kernel is not worth a parallel launch.
+_MIN_PARALLEL_ELEMENTS = 4096
+# Pooling-like reductions at most this long per output count as "elementwise".
+_SMALL_REDUCTION = 64
+# Grouped convs whose groups hold fewer output channels than this go to DirectConv (2
+# lanes per tile measured slower than DirectConv there).
+_MIN_GROUP_TILE = 4
+_PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+
+def enabled() -> bool:
+    """False when MCTVM_CPU_SCHEDULES is 0/false/off/no (the 'before' build)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def rules() -> list:
+    """The rules, in the order ApplySchedules should try them."""
+    return [Contraction(), DirectConv(), Elementwise()]
+
+
+def vector_bits(target: Target) -> int:
+    """The SIMD register width for `target`: 512 with AVX-512, 256 with AVX2, else LLVM's
+    answer (128 on NEON). On x86 the width comes from the target's features: TVM 0.27's
+    llvm_get_vector_width answered 512 for an AVX2-only mcpu (haswell, znver3) here."""
+    from tvm.target.codegen import llvm_get_vector_width
+
+    if _is_x86(target):
+        if _x86_features(target, "avx512f"):
+            return 512
+        if _x86_features(target, "avx2") or _x86_features(target, "avx"):
+            return 256
+        return 128
+    try:
+        bits = int(llvm_get_vector_width(target))
+    except Exception:  # pylint: disable=broad-except
+        bits = 0
+    return bits if 64 <= bits <= 2048 else 128
+
+
+def _is_x86(target) -> bool:
+    import platform
+
+    triple = str(target.attrs.get("mtriple", "") or "")
+    arch = triple.split("-")[0] if triple else platform.machine().lower()
+    return arch in ("x86_64", "amd64", "i386", "i686")
+
+
+def _x86_features(target, *features) -> bool:
+    from tvm.target import codegen
+
+    if not _is_x86(target):
+        return False
+    try:
+        return bool(codegen.target_has_features(list(features), target))
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def num_cores(target: Target) -> int:
+    try:
+        cores = int(target.attrs.get("num-cores", 0) or 0)
+    except (TypeError, ValueError):
+        cores = 0
+    return cores if cores > 0 else (os.cpu_count() or 1)
+
+
+class _CPURule(ScheduleRule):
+    """Shared entry: llvm targets only; any failure inside a rule means 'not applicable'."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self._apply(func, target)
+        except Exception as err:  # pylint: disable=broad-except
+            # ScheduleError and friends: this kernel's shape is one the rule doesn't handle.
+            log.debug("%s did not apply: %s", type(self).__name__, str(err).splitlines()[0])
+            return None
+
+    def _apply(self, func, target):
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis helpers
+
+
+def _vars(expr) -> set | None:
+    """The Vars an index expression uses; None when it has nodes we don't understand."""
+    if isinstance(expr, tirx.Var):
+        return {expr}
+    if isinstance(expr, tirx.IntImm):
+        return set()
+    if isinstance(expr, tirx.Cast):
+        return _vars(expr.value)
+    if isinstance(expr, (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod,
+                         tirx.Min, tirx.Max)):
+        a, b = _vars(expr.a), _vars(expr.b)
+        return None if a is None or b is None else a | b
+    return None
+
+
+def _strip_cast(expr):
+    while isinstance(expr, tirx.Cast):
+        expr = expr.value
+    return expr
+
+
+def _int(value) -> int | None:
+    return int(value) if isinstance(value, tirx.IntImm) else None
+
+
+def _same_indices(xs, ys) -> bool:
+    return len(xs) == len(ys) and all(
+        x.same_as(y) or (_int(x) is not None and _int(x) == _int(y)) for x, y in zip(xs, ys)
+    )
+
+
+def _is_zero(expr) -> bool:
+    expr = _strip_cast(expr)
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value) == 0
+    if isinstance(expr, tirx.FloatImm):
+        return float(expr.value) == 0.0
+    return False
+
+
+def _divisors(n: int) -> list:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _dtype_bits(dtype) -> int:
+    digits = "".join(ch for ch in str(dtype) if ch.isdigit())
+    return int(digits) if digits else 32
+
+
+def _loop_extent(sch, loop) -> int:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else 1 << 30
+
+
+def _index_of(indices, var) -> int | None:
+    for i, index in enumerate(indices):
+        if isinstance(index, tirx.Var) and index.same_as(var):
+            return i
+    return None
+
+
+@dataclass
+class _Operand:
+    buffer: object
+    indices: list
+    vars: set
+    read_index: int  # position among the block's read regions
+
+
+@dataclass
+class _MAC:
+    """A multiply-accumulate reduction block C[S] = C[S] + A[..] * B[..]."""
+
+    block_vars: list
+    kinds: dict  # var -> "S" | "R"
+    extents: dict  # var -> int
+    out: _Operand
+    out_vars: list  # C's index vars, C order
+    ops: list  # the two operands
+
+
+def _match_mac(sch, info) -> _MAC | None:
+    block = sch.get(info.block_rv)
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or block.init is None:
+        return None
+    init = block.init
+    if not isinstance(init, tirx.BufferStore) or not _is_zero(init.value):
+        return None
+    if any(it.kind not in "SR" or not isinstance(it.dom, int) for it in info.iters):
+        return None  # static shapes only
+    value = body.value
+    if not isinstance(value, tirx.Add):
+        return None
+
+    def is_acc(expr):
+        return (isinstance(expr, TensorLoad) and expr.source.same_as(body.buffer)
+                and _same_indices(expr.indices, body.indices))
+
+    if is_acc(value.a):
+        prod = value.b
+    elif is_acc(value.b):
+        prod = value.a
+    else:
+        return None
+    prod = _strip_cast(prod)
+    if not isinstance(prod, tirx.Mul):
+        return None
+    loads = [_strip_cast(prod.a), _strip_cast(prod.b)]
+    if not all(isinstance(x, TensorLoad) for x in loads):
+        return None
+    block_vars = [iv.var for iv in block.iter_vars]
+    kinds = {iv.var: ("S" if iv.iter_type == tirx.IterVar.DataPar else "R")
+             for iv in block.iter_vars}
+    extents = {iv.var: _int(iv.dom.extent) for iv in block.iter_vars}
+    if any(e is None for e in extents.values()):
+        return None
+    out_vars = []
+    for index in body.indices:  # C: one spatial var or a constant per index
+        if isinstance(index, tirx.Var):
+            if kinds.get(index) != "S" or any(index.same_as(v) for v in out_vars):
+                return None
+            out_vars.append(index)
+        elif _int(index) is None:
+            return None
+    if len(out_vars) != sum(1 for k in kinds.values() if k == "S"):
+        return None
+
+    def operand(load):
+        used = set()
+        for index in load.indices:
+            vs = _vars(index)
+            if vs is None:
+                return None
+            used |= vs
+        if not all(any(u.same_as(v) for v in block_vars) for u in used):
+            return None
+        position = [i for i, r in enumerate(block.reads) if r.source.same_as(load.source)]
+        if len(position) != 1:
+            return None
+        return _Operand(load.source, list(load.indices), used, position[0])
+
+    ops = [operand(x) for x in loads]
+    if any(o is None for o in ops) or ops[0].buffer.same_as(ops[1].buffer):
+        return None
+    out = _Operand(body.buffer, list(body.indices), set(out_vars), -1)
+    return _MAC(block_vars, kinds, extents, out, out_vars, ops)
+
+
+@dataclass
+class _Kernel:
+    """A PrimFunc with one reduction block, its input producers and its epilogue."""
+
+    sch: object
+    main: object  # SBlockInfo of the reduction block
+    producers: list  # SBlockInfo of blocks before it (padding); each feeds the main block
+    epilogue: list  # SBlockInfo of elementwise blocks after it
+
+
+def _analyse(func) -> _Kernel | None:
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return None
+    reductions = [i for i in infos if not i.is_injective()]
+    if len(reductions) != 1:
+        return None
+    main = reductions[0]
+    main_block = sch.get(main.block_rv)
+    reads = [r.source for r in main_block.reads]
+    producers, epilogue, after = [], [], False
+    for info in infos:
+        if info is main:
+            after = True
+            continue
+        if after:
+            epilogue.append(info)
+            continue
+        writes = [w.source for w in sch.get(info.block_rv).writes]
+        if not any(w.same_as(r) for w in writes for r in reads):
+            return None  # a producer of something other than the main block's inputs
+        producers.append(info)
+    return _Kernel(sch, main, producers, epilogue)
+
+
+def _inline_epilogue(sch, epilogue) -> list:
+    """Inline what can be of the epilogue; return the blocks left (those writing outputs)."""
+    left = []
+    for info in epilogue[:-1]:
+        try:
+            sch.compute_inline(info.block_rv)
+        except Exception:  # pylint: disable=broad-except  # e.g. a second output
+            left.append(info.block_rv)
+    return left + [epilogue[-1].block_rv] if epilogue else []
+
+
+def _accumulator(sch, main, epilogue_blocks, out_indices, lane_var) -> list:
+    """Accumulate in a local buffer with the lane axis innermost; return the blocks to be
+    computed per tile after the main one."""
+    if not epilogue_blocks:
+        epilogue_blocks = [sch.cache_write(main, 0, "local")]
+    else:
+        sch.set_scope(main, 0, "local")
+    nd = len(out_indices)
+    pos = _index_of(out_indices, lane_var)
+    if pos is not None and pos != nd - 1:
+        order = [i for i in range(nd) if i != pos] + [pos]
+        sch.transform_layout(main, ("write", 0), lambda *idx: [idx[i] for i in order])
+    return epilogue_blocks
+
+
+_has_if_then_else = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+
+
+def _place_producers(sch, producers, loop, inline=True) -> list:
+    """Inline plain copies (padding 0); compute real padding per iteration of `loop` (or
+    leave it at the root when `loop` is None).
+
+    Returns the blocks left (to be vectorised)."""
+    left = []
+    for info in reversed(producers):
+        if inline and not _has_if_then_else(sch.get(info.block_rv)):
+            try:
+                sch.compute_inline(info.block_rv)
+                continue
+            except Exception:  # pylint: disable=broad-except
+                pass
+        left.append(info.block_rv)
+    if loop is not None:
+        for block in left:
+            sch.compute_at(block, loop, preserve_unit_loops=True)
+    return left
+
+
+def _parallel_prefix(sch, loops, min_fused: int, cores: int):
+    """Fuse loops[:k] (k >= min_fused) until there is work for every core; parallelise it.
+
+    Returns (fused loop, k)."""
+    extent, take = 1, 0
+    for i, loop in enumerate(loops):
+        extent *= _loop_extent(sch, loop)
+        take = i + 1
+        if take >= min_fused and extent >= _PAR_PER_CORE * cores:
+            break
+    take = max(take, 1)
+    fused = sch.fuse(*loops[:take]) if take > 1 else loops[0]
+    if cores > 1 and extent > 1:
+        sch.parallel(fused)
+    return fused, take
+
+
+def _vectorize_inner(sch, block, lanes: int, min_extent: int = 4):
+    """Vectorise a block's innermost loop (a vector-friendly part of it) when long enough."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = _loop_extent(sch, inner)
+    if extent < min_extent or extent >= 1 << 30:
+        return
+    width = _pick_lane_tile(extent, lanes)
+    if width < min_extent:
+        return
+    if width < extent:
+        inner = sch.split(inner, factors=[None, width])[1]
+    sch.vectorize(inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contraction: conv2d / matmul / dense
+
+
+def _group_of(indices, var) -> int | None:
+    """g when `var` occurs in `indices` only as ``var // g`` (constant g); else None."""
+    found = []
+
+    def walk(expr) -> bool:
+        if isinstance(expr, tirx.Var):
+            return not expr.same_as(var)
+        if isinstance(expr, tirx.IntImm):
+            return True
+        if isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) \
+                and expr.a.same_as(var) and _int(expr.b):
+            found.append(_int(expr.b))
+            return True
+        if isinstance(expr, tirx.Cast):
+            return walk(expr.value)
+        if isinstance(expr, (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod,
+                             tirx.Min, tirx.Max)):
+            return walk(expr.a) and walk(expr.b)
+        return False
+
+    if not all(walk(ix) for ix in indices) or not found:
+        return None
+    return math.gcd(*found)
+
+
+def _pick_lane_tile(extent: int, lanes: int) -> int:
+    """Lanes per tile, a divisor of the extent: all of it when it fits one vector (10
+    channels: a 10-lane vector); else a power of two of one or two vectors; else the larger
+    of the largest power of two and the largest divisor up to one vector. Vectors wider than
+    the SIMD register but not a power-of-two multiple of it (17, 24, 48 float lanes on
+    AVX-512) measured 3-10x slower: LLVM splits them badly."""
+    if extent <= lanes:
+        return extent
+    tile = 1
+    while extent % (tile * 2) == 0 and tile * 2 <= 2 * lanes:
+        tile *= 2
+    if tile >= lanes:
+        return tile
+    return max(tile, max(d for d in _divisors(extent) if d <= lanes))
+
+
+def _pick_row_tile(extent: int, limit: int, exact: bool = False) -> int:
+    """Rows per tile; unless `exact`, it may not divide the extent (the last tile is then
+    predicated: tensorize can't take that)."""
+    limit = max(1, limit)
+    if extent <= limit:
+        return extent
+    best = max(d for d in _divisors(extent) if d <= limit)
+    return limit if best * 2 <= limit and not exact else best
+
+
+class Contraction(_CPURule):
+    """conv2d (NCHW, grouped too) / matmul / dense / batch matmul, with a fused epilogue."""
+
+    # pylint: disable-next=too-many-locals,too-many-statements,too-many-branches
+    def _apply(self, func, target):
+        kernel = _analyse(func)
+        if kernel is None:
+            return None
+        sch = kernel.sch
+        mac = _match_mac(sch, kernel.main)
+        if mac is None:
+            return None
+        # each reduction var must index both operands (a true contraction)
+        reduce_vars = [v for v in mac.block_vars if mac.kinds[v] == "R"]
+        if not reduce_vars or not all(v in o.vars for v in reduce_vars for o in mac.ops):
+            return None
+        choice = self._choose(func, mac)
+        if choice is None:
+            return None
+        a, b, lane, group = choice
+        # producers may only feed A (padding of the input), never the packed operand
+        for info in kernel.producers:
+            writes = [w.source for w in sch.get(info.block_rv).writes]
+            if not any(w.same_as(a.buffer) for w in writes):
+                return None
+        rows = [w for w in mac.out_vars if w in a.vars and w not in b.vars]
+        row = rows[-1] if rows else None
+        outer = [w for w in mac.out_vars
+                 if not w.same_as(lane) and (row is None or not w.same_as(row))]
+
+        bits = vector_bits(target)
+        lanes = max(1, bits // _dtype_bits(mac.out.buffer.dtype))
+        # grouped conv: A reads channel group v // group, so a tile must stay in one group
+        v_tile = _pick_lane_tile(group or mac.extents[lane], lanes)
+        if group and v_tile < min(_MIN_GROUP_TILE, lanes):
+            return None  # depthwise and the like: DirectConv's business
+        n_vec = max(1, math.ceil(v_tile / lanes))
+        budget = _ACC_REGISTERS.get(bits, 12)
+        # integer pairs: 16-bit multiplies summed in pairs along `pair` (pmaddwd / vpdpwssd)
+        pair = _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars)
+        r_tile = _pick_row_tile(mac.extents[row], budget // n_vec, exact=pair is not None) \
+            if row is not None else 1
+
+        main = kernel.main.block_rv
+        out_blocks = _inline_epilogue(sch, kernel.epilogue)
+        out_blocks = _accumulator(sch, main, out_blocks, mac.out.indices, lane)
+
+        # Pack B: [.., v, ..] -> [v_o, .., v_i] with v_o ahead of the reduction axes (and,
+        # for integer pairs, the pair axis k -> k // 2 in place, k % 2 innermost).
+        b_pos = _index_of(b.indices, lane)
+        b_wide = a_wide = False
+        if (b_pos != len(b.indices) - 1 and v_tile > 1) or pair is not None:
+            b_wide = self._pack(sch, main, b, b_pos, v_tile, mac, pair)
+        a_cache = None
+        if pair is not None:
+            a_cache, a_wide = self._pair_layout_a(sch, main, a, pair, kernel.producers)
+
+        loops = sch.get_loops(main)
+        if len(loops) != len(mac.block_vars):
+            return None
+        position = {v: i for i, v in enumerate(mac.block_vars)}
+
+        def loop(var):
+            return loops[position[var]]
+
+        v_o, v_i = sch.split(loop(lane), factors=[None, v_tile])
+        tiles = [v_o]
+        inner = []
+        if row is not None:
+            r_o, r_i = sch.split(loop(row), factors=[None, r_tile])
+            tiles.append(r_o)
+            inner.append(r_i)
+        outer_loops = [loop(w) for w in outer]
+        reduce_loops = [loop(w) for w in reduce_vars]
+        lane_loops = [v_i]
+        if pair is not None:
+            k = reduce_vars.index(pair)
+            k_o, k_i = sch.split(reduce_loops[k], factors=[None, 2])
+            reduce_loops[k] = k_o
+            lane_loops = [*sch.split(v_i, factors=[None, lanes]), k_i]
+        sch.reorder(*outer_loops, *tiles, *reduce_loops, *inner, *lane_loops)
+
+        candidates = outer_loops + tiles
+        fused, take = _parallel_prefix(sch, candidates, len(outer_loops), num_cores(target))
+        tile_loop = candidates[-1] if take < len(candidates) else fused
+
+        for block in out_blocks:
+            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+        # padding per parallel iteration (a separate parallel loop nest for it measured
+        # slower at batch 1, even where iterations recompute it for several v_o)
+        producers = _place_producers(sch, kernel.producers, fused, inline=pair is None)
+        if a_cache is not None:
+            sch.compute_at(a_cache, fused, preserve_unit_loops=True)
+
+        if row is not None and r_tile > 1:
+            sch.unroll(inner[0])
+        if pair is None:
+            sch.vectorize(v_i)
+        elif len(lane_loops) == 3 and _loop_extent(sch, lane_loops[0]) > 1:
+            sch.unroll(lane_loops[0])
+        if _loop_extent(sch, reduce_loops[-1]) <= 4:
+            sch.unroll(reduce_loops[-1])
+        init = sch.decompose_reduction(main, reduce_loops[0])
+        if pair is not None:
+            sch.vectorize(sch.get_loops(init)[-1])
+            sch.tensorize(lane_loops[-2], _pair_intrin(
+                lanes, bits, mac.ops[0] is a, _Pair(str(a.buffer.dtype), a_wide),
+                _Pair(str(b.buffer.dtype), b_wide)))
+        for block in out_blocks + producers:
+            _vectorize_inner(sch, block, lanes)
+        return sch
+
+    @staticmethod
+    def _pair_layout_a(sch, main, a, pair, producers):
+        """A's pair axis k -> [.., k // 2, .., k % 2] (pairs adjacent), int8 stored as int16.
+
+        Rewrites the padding buffer in place, or reads a parameter into a cache, to be
+        computed per parallel iteration. Returns (that cache or None, widened to int16)."""
+        pos = _index_of(a.indices, pair)
+        block, cache = main, None
+        writer = [info for info in producers
+                  if any(w.source.same_as(a.buffer) for w in sch.get(info.block_rv).writes)]
+        if writer:
+            block = writer[0].block_rv
+        elif pos != len(a.indices) - 1:
+            cache = sch.cache_read(main, a.read_index, "global")
+            block = cache
+        else:
+            return None, False  # matmul A[.., k]: pairs already adjacent
+        if pos != len(a.indices) - 1:
+            sch.transform_layout(block, ("write", 0), lambda *idx: [
+                *[idx[i] // 2 if i == pos else idx[i] for i in range(len(idx))], idx[pos] % 2])
+        if str(a.buffer.dtype) == "int8":
+            # int8 stored as int16: a pair is one 32-bit broadcast in the inner loop
+            sch.unsafe_set_dtype(block, 0, "int16")
+            return cache, True
+        return cache, False
+
+    @staticmethod
+    def _choose(func, mac):
+        """(A, B, lane var, group): B is read in vector lanes along the lane var, A broadcast.
+
+        The lane var indexes C and B and not A, except through ``lane // group`` (grouped
+        conv: `group` output channels share an input channel group; else group is None).
+        B is preferably the operand with the fewest spatial vars (weights: only the output
+        channel / feature), then one whose lane index is its innermost (no packing)."""
+        best = None
+        for ia, ib in ((0, 1), (1, 0)):
+            a, b = mac.ops[ia], mac.ops[ib]
+            for lane in mac.out_vars:
+                if lane not in b.vars or _index_of(b.indices, lane) is None:
+                    continue
+                group = None
+                if lane in a.vars:
+                    group = _group_of(a.indices, lane)
+                    if group is None:
+                        continue
+                contiguous = _index_of(b.indices, lane) == len(b.indices) - 1
+                # re-packing needs B to be a kernel parameter indexed by plain vars
+                packable = any(b.buffer.same_as(p) for p in func.params) and all(
+                    isinstance(ix, tirx.Var) or _int(ix) is not None for ix in b.indices)
+                if not contiguous and not packable:
+                    continue
+                spatial = sum(1 for v in b.vars if mac.kinds.get(v) == "S")
+                key = (spatial, not contiguous, group is not None,
+                       -_index_of(b.indices, lane))
+                if best is None or key < best[0]:
+                    best = (key, a, b, lane, group)
+        return None if best is None else best[1:]
+
+    @staticmethod
+    def _pack(sch, main, b, b_pos, v_tile, mac, pair=None):
+        cache = sch.cache_read(main, b.read_index, "global")
+        reduce_pos = [i for i, ix in enumerate(b.indices)
+                      if isinstance(ix, tirx.Var) and mac.kinds.get(ix) == "R"]
+        first = min([b_pos] + reduce_pos)
+        k_pos = _index_of(b.indices, pair) if pair is not None else None
+
+        def pack(*idx):
+            rest = [idx[i] // 2 if i == k_pos else idx[i] for i in range(len(idx)) if i != b_pos]
+            head, tail = rest[:first], rest[first:]
+            out = [*head, idx[b_pos] // v_tile, *tail, idx[b_pos] % v_tile]
+            return out + [idx[k_pos] % 2] if k_pos is not None else out
+
+        sch.transform_layout(cache, ("write", 0), pack)
+        sch.annotate(cache, _PREPROC, 1)
+        if pair is not None and str(b.buffer.dtype) == "int8":
+            # store int16 (folded into the constants): no widening in the inner loop
+            sch.unsafe_set_dtype(cache, 0, "int16")
+            return True
+        return False
+
+
+def _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars):
+    """The reduction var to sum in pairs with pmaddwd, or None when that path doesn't apply:
+    int8/int16 operands into int32, x86 with AVX-512BW (or AVX2 at 256 bits), ungrouped,
+    whole vectors per tile, and a reduction var of even extent indexing A and B plainly."""
+    if str(mac.out.buffer.dtype) != "int32" or group is not None:
+        return None
+    if any(str(o.buffer.dtype) not in ("int8", "int16") for o in (a, b)):
+        return None
+    bits = lanes * 32
+    need = {512: ("avx512bw",), 256: ("avx2",)}.get(bits)
+    if need is None or not _x86_features(target, *need) or v_tile % lanes:
+        return None
+    if os.environ.get("MCTVM_CPU_INT_PAIRS", "1") == "0":
+        return None
+    best = None
+    for var in reduce_vars:
+        if mac.extents[var] % 2 or _index_of(a.indices, var) is None \
+                or _index_of(b.indices, var) is None:
+            continue
+        if sum(1 for ix in a.indices if var in (_vars(ix) or set())) != 1:
+            continue
+        if best is None or mac.extents[var] > mac.extents[best]:
+            best = var
+    return best
+
+
+_PAIR_INTRINS: dict = {}
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """An operand of the pair intrinsic: its element type in the kernel, and whether it is
+    stored widened to int16 (unsafe_set_dtype keeps the semantics by reading it back through
+    a cast to int8, which the intrinsic's description has to show)."""
+
+    dtype: str
+    widened: bool = False
+
+    @property
+    def storage(self) -> str:
+        return "int16" if self.widened else self.dtype
+
+
+def _pair_intrin(lanes: int, bits: int, a_first: bool, a: _Pair, b: _Pair) -> str:
+    """Register (once) the tensor intrinsic C[i] += sum_k A[k] * B[i, k] (i < lanes, k < 2;
+    int8/int16 in, int32 out) as one pmaddwd + add: vpdpwssd where the CPU has VNNI."""
+    def tag(p):
+        return p.dtype + ("w" if p.widened else "")
+
+    name = f"mctvm_pair_dot_{lanes}x2_{tag(a)}_{tag(b)}_{'ab' if a_first else 'ba'}"
+    if name in _PAIR_INTRINS:
+        return name
+    from tvm.script import tirx as T
+
+    intrin = {512: "llvm.x86.avx512.pmaddw.d.512", 256: "llvm.x86.avx2.pmadd.wd"}[bits]
+    wide, acc = f"int16x{2 * lanes}", f"int32x{lanes}"
+    a_pair, b_vec = f"{a.storage}x2", f"{b.storage}x{2 * lanes}"
+
+    def value(x, p):
+        return T.Cast("int32", T.Cast("int8", x) if p.widened else x)
+
+    def product(x, y):
+        return value(x, a) * value(y, b) if a_first else value(y, b) * value(x, a)
+
+    # the root block's reads must list the operands in the product's order
+    if a_first:
+        @T.prim_func(s_tir=True)
+        def desc(A: T.Buffer((2,), a.storage, offset_factor=1),
+                 B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+                T.writes(C[0:lanes])
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, 2):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            C[vi] = C[vi] + product(A[vk], B[vi, vk])
+    else:
+        @T.prim_func(s_tir=True)
+        def desc(A: T.Buffer((2,), a.storage, offset_factor=1),
+                 B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], B[0:lanes, 0:2], A[0:2])
+                T.writes(C[0:lanes])
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, 2):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            C[vi] = C[vi] + product(A[vk], B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), a.storage, offset_factor=1),
+             B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], acc) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrin),
+                T.reinterpret(T.broadcast(T.reinterpret(
+                    T.Cast("int16x2", A.vload([0], a_pair)), dtype="int32"), lanes), dtype=wide),
+                T.Cast(wide, B.vload([0, 0], b_vec)),
+                dtype=acc,
+            )
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _PAIR_INTRINS[name] = True
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# DirectConv: depthwise / grouped conv and other multiply-accumulates Contraction rejects
+
+
+class DirectConv(_CPURule):
+    """Vectorise the output's innermost axis; reductions outside it; parallel outer loops."""
+
+    def _apply(self, func, target):  # pylint: disable=too-many-locals
+        kernel = _analyse(func)
+        if kernel is None:
+            return None
+        sch = kernel.sch
+        mac = _match_mac(sch, kernel.main)
+        if mac is None or not mac.out_vars:
+            return None
+        reduce_vars = [v for v in mac.block_vars if mac.kinds[v] == "R"]
+        if not reduce_vars:
+            return None
+        inner_var = mac.out_vars[-1]
+        # the innermost output axis should index an operand's innermost position (contiguous
+        # or strided loads); otherwise this is no better than what dlight does
+        if not any(inner_var in o.vars for o in mac.ops):
+            return None
+        bits = vector_bits(target)
+        lanes = max(1, bits // _dtype_bits(mac.out.buffer.dtype))
+        w_tile = _pick_lane_tile(mac.extents[inner_var], lanes)
+
+        main = kernel.main.block_rv
+        out_blocks = _inline_epilogue(sch, kernel.epilogue)
+        out_blocks = _accumulator(sch, main, out_blocks, mac.out.indices, inner_var)
+        loops = sch.get_loops(main)
+        if len(loops) != len(mac.block_vars):
+            return None
+        position = {v: i for i, v in enumerate(mac.block_vars)}
+        # rows: the next output axis (conv: oh), unrolled for independent accumulators
+        row = mac.out_vars[-2] if len(mac.out_vars) > 1 else None
+        if row is not None and not any(row in o.vars for o in mac.ops):
+            row = None
+        n_vec = max(1, math.ceil(w_tile / lanes))
+        r_tile = _pick_row_tile(mac.extents[row], min(4, _ACC_REGISTERS.get(bits, 12) // n_vec)) \
+            if row is not None else 1
+        outer = [loops[position[v]] for v in mac.out_vars[:-1] if row is None or v is not row]
+        reduce_loops = [loops[position[v]] for v in reduce_vars]
+        w_o, w_i = sch.split(loops[position[inner_var]], factors=[None, w_tile])
+        tiles, inner = [w_o], [w_i]
+        if row is not None:
+            r_o, r_i = sch.split(loops[position[row]], factors=[None, r_tile])
+            tiles, inner = [r_o, w_o], [r_i, w_i]
+        sch.reorder(*outer, *tiles, *reduce_loops, *inner)
+        candidates = outer + tiles
+        fused, take = _parallel_prefix(sch, candidates, 1, num_cores(target))
+        tile_loop = candidates[-1] if take < len(candidates) else fused
+        for block in out_blocks:
+            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+        producers = _place_producers(sch, kernel.producers, fused)
+        if r_tile > 1:
+            sch.unroll(inner[0])
+        sch.vectorize(w_i)
+        for r in reduce_loops:
+            if _loop_extent(sch, r) <= 4:
+                sch.unroll(r)
+        sch.decompose_reduction(main, reduce_loops[0])
+        for block in out_blocks + producers:
+            _vectorize_inner(sch, block, lanes)
+        return sch
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise: injective kernels and pooling
+
+
+class Elementwise(_CPURule):
+    """Parallel outer loops + vectorised inner loop for injective and pooling kernels.
+
+    Every block is inlined into its consumers where possible; each block left (outputs, and
+    the dead stores some legalisations leave) gets its own parallel loop nest."""
+
+    def _apply(self, func, target):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        for info in infos:
+            if info.is_injective():
+                continue
+            # pooling-like: a short reduction window, reductions after the spatial iters
+            window = math.prod(it.dom if isinstance(it.dom, int) else 1 << 30
+                               for it in info.iters if it.kind == "R")
+            if "R" in info.dom_kind().rstrip("R") or window > _SMALL_REDUCTION:
+                return None
+        left = []
+        for info in reversed(infos):
+            if info.is_injective() and info is not infos[-1]:
+                try:
+                    sch.compute_inline(info.block_rv)
+                    continue
+                except Exception:  # pylint: disable=broad-except
+                    pass
+            left.append(info)
+        cores = num_cores(target)
+        if cores <= 1:
+            return None
+        bits = vector_bits(target)
+        done = False
+        for info in reversed(left):
+            done |= self._schedule_block(sch, info, cores, bits)
+        return sch if done else None
+
+    @staticmethod
+    def _schedule_block(sch, info, cores, bits) -> bool:
+        block = info.block_rv
+        spatial = [it for it in info.iters if it.kind == "S"]
+        if not spatial or any(not isinstance(it.dom, int) for it in spatial):
+            return False
+        if math.prod(it.dom for it in spatial) < _MIN_PARALLEL_ELEMENTS:
+            return False
+        loops = sch.get_loops(block)
+        if len(loops) != len(info.iters):
+            return False
+        n_spatial = len(spatial)
+        lanes = max(1, bits // _dtype_bits(sch.get(block).writes[0].source.dtype))
+        # keep the innermost spatial loop for vectors when the block is injective
+        vector = info.is_injective() and n_spatial > 1
+        outer = loops[: n_spatial - 1] if vector else loops[:n_spatial]
+        _parallel_prefix(sch, outer, 1, cores)
+        if vector:
+            _vectorize_inner(sch, block, lanes)
+        else:
+            for loop in loops[n_spatial:]:
+                if _loop_extent(sch, loop) <= 4:
+                    sch.unroll(loop)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight pre-packing: move the packing blocks out of the kernels, fold them into constants
+
+
+def _has_preproc(func) -> bool:
+    """Whether a kernel has a block marked as a layout-rewrite pre-process (weight packing)."""
+    if not isinstance(func, tirx.PrimFunc):
+        return False
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # pylint: disable=broad-except  # hand-written kernels have no root
+        return False
+    return any(_PREPROC in sch.get(b).annotations for b in blocks)
+
+
+@tvm.transform.module_pass(opt_level=0, name="mctvm.SplitWeightPrepack")
+class SplitWeightPrepack:
+    """relax.transform.SplitLayoutRewritePreproc, run only on the kernels that need it.
+
+    The upstream pass checks every PrimFunc for a root block and aborts on hand-written
+    kernels without one (mctvm's sampling kernels), so it runs on a module holding the Relax
+    functions and the kernels with a packing block; the other kernels are put back after.
+    """
+
+    def transform_module(self, mod, _ctx):
+        from tvm import relax
+
+        kernels = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+        split = {gv for gv, f in kernels if _has_preproc(f)}
+        if not split:
+            return mod
+        keep = {gv: f for gv, f in kernels if gv not in split}
+        sub = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in keep},
+                           attrs=mod.attrs)
+        sub = relax.transform.SplitLayoutRewritePreproc()(sub)
+        for gv, f in keep.items():
+            sub[gv] = f
+        return sub
+
+
+def prepack_passes() -> list:
+    """After ApplySchedules: split the weight packing out, fold it into the constants."""
+    from tvm import relax
+
+    return [SplitWeightPrepack(), relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination()]
