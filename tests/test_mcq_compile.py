@@ -190,3 +190,24 @@ def test_profile_names_the_sampling_kernels(model):
     assert any("mcq_sample" in name for name in kernels)
     assert all(ms >= 0 for ms in kernels.values())
     assert list(kernels.values()) == sorted(kernels.values(), reverse=True)
+
+
+def test_activations_only_matches_numpy_emulation(model):
+    """quantize=('activations',): float weights, integer-valued sampled activations."""
+    x = np.random.default_rng(10).standard_normal(SHAPE).astype(np.float32)
+    compiled = mctvm.compile(model, K=3, quantize=("activations",), skip=(), shapes={"input": SHAPE})
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = x
+    for index, node in enumerate(n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        w, bias = init[node.input[1]], init[node.input[2]]
+        if node.op_type == "Gemm":
+            h = h.reshape(h.shape[0], -1)
+        aq = mcq.activation_counts(h, 3, xi_for(5, index))
+        acc = _conv3x3(aq.counts.astype(np.float64), w) if node.op_type == "Conv" \
+            else aq.counts @ w.T.astype(np.float64)
+        h = acc * np.asarray(aq.scale).reshape(-1, *([1] * (acc.ndim - 1)))
+        h = h + (bias.reshape(1, -1, 1, 1) if node.op_type == "Conv" else bias)
+        if node.op_type == "Conv":
+            h = _maxpool2(np.maximum(h, 0))
+    got = compiled(x, seed=5)
+    np.testing.assert_allclose(got, h, rtol=1e-3, atol=1e-3 * np.abs(h).max())

@@ -62,7 +62,7 @@ class _Sampler(relax.PyExprMutator):
             acc = self.builder_.emit(relax.op.astype(acc, "float32"))
         else:  # float weights: a float GEMM over integer-valued activations
             as_float = self.builder_.emit(relax.op.astype(counts, str(weight.ty.dtype)))
-            acc = self.builder_.emit(_gemm(kind, call, as_float, weight, None))
+            acc = self.builder_.emit(_gemm(kind, call, as_float, weight, str(weight.ty.dtype)))
         rank = len(acc.ty.shape)
         per_sample = self.builder_.emit(relax.op.reshape(scale, [shape[0]] + [1] * (rank - 1)))
         return relax.op.multiply(acc, per_sample)
@@ -70,12 +70,12 @@ class _Sampler(relax.PyExprMutator):
 
 def _gemm(kind, call, lhs, rhs, out_dtype):
     if kind == "matmul":
-        return relax.op.matmul(lhs, rhs, out_dtype=out_dtype or "void")
+        return relax.op.matmul(lhs, rhs, out_dtype=out_dtype)
     a = call.attrs
     return relax.op.nn.conv2d(lhs, rhs, strides=a.strides, padding=a.padding, dilation=a.dilation,
                               groups=a.groups, data_layout=a.data_layout,
                               kernel_layout=a.kernel_layout, out_layout=a.out_layout,
-                              out_dtype=out_dtype or "void")
+                              out_dtype=out_dtype)
 
 
 @tvm.transform.module_pass(opt_level=0, name="mctvm.InsertActivationSampling")
