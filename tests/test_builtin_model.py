@@ -58,3 +58,25 @@ def test_demo_runs(capsys):
     out = capsys.readouterr().out
     assert "accuracy on committed test sample (1,000): 94.60%" in out
     assert "latency batch  32:" in out
+
+
+@pytest.mark.parametrize("K,max_drop", [(1, 3.0), (5, 1.0)])
+def test_mcq_accuracy_on_the_sample(K, max_drop):
+    """Looser than the benchmark's 10k targets (1.0 and 0.3 points): 1,000 images are noisy."""
+    x, labels = models.test_sample()
+    compiled = mctvm.compile(models.default_model(), K=K, shapes={"input": (100, 1, 28, 28)})
+    compiled._seeds = np.random.default_rng(0)
+    drop = 100 * (models.model_card()["sample_accuracy_1k"] - accuracy(compiled, x, labels))
+    assert drop < max_drop
+    report = compiled.report()
+    assert report.totals["saturated"] == 0 and report.rows[0]["K_weights"] is None
+
+
+def test_mcda_on_the_builtin_model_is_finite():
+    from mctvm.mcda import mcda
+
+    x, labels = models.test_sample()
+    result = mcda(models.default_model(), x[:8], labels[:8], t=range(4, 17, 2), trials=8,
+                  progress=False)
+    assert np.isfinite(result.digits_lost) and np.isfinite(result.fit.intercept)
+    assert 4 <= result.t_min <= 16
