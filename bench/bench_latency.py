@@ -1,4 +1,4 @@
-"""Latency of the float path on this CPU: mctvm (default schedules, untuned) vs onnxruntime.
+"""Latency of the float path on this CPU: mctvm (default schedules, no tuning) vs onnxruntime.
 
     python bench/bench_latency.py [--repeat 10] [--models fmnist,minilm]
 
@@ -39,7 +39,7 @@ def run(models, batches, repeat):
             compiled = mctvm.compile(proto, shapes={input_name: shape})
             tvm_ms = compiled.benchmark(x, repeat=repeat).median_ms
             rows.append({"model": name, "batch": batch, "onnxruntime_ms": ort_ms,
-                         "mctvm_untuned_ms": tvm_ms, "mctvm/ort": tvm_ms / ort_ms})
+                         "mctvm_default_ms": tvm_ms, "mctvm/ort": tvm_ms / ort_ms})
     return rows
 
 

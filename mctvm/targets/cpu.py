@@ -88,36 +88,16 @@ def lowering_passes(target) -> list:
     ahead of dlight's GEMV/Reduction rules; the weight packing they add is split out of the
     kernels and folded into the constants. MCTVM_CPU_SCHEDULES=0 leaves them out.
     """
-    from tvm import relax
     from tvm.s_tir import dlight as dl
 
     from . import cpu_schedules
+    from .lowering import fusion_passes, vm_passes
     from .schedule import ApplySchedules
 
     own = cpu_schedules.rules() if cpu_schedules.enabled() else []
     prepack = cpu_schedules.prepack_passes() if own else []
-    return [
-        relax.backend.DispatchSampling(),
-        relax.backend.DispatchSortScan(),
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        ApplySchedules(*own, dl.cpu.GEMV(), dl.cpu.Reduction()),
-        *prepack,
-        relax.transform.RewriteDataflowReshape(),
-        relax.transform.ToNonDataflow(),
-        relax.transform.RemovePurityChecking(),
-        relax.transform.CallTIRRewrite(),
-        relax.transform.StaticPlanBlockMemory(),
-        relax.transform.LowerAllocTensor(),
-        relax.transform.KillAfterLastUse(),
-        relax.transform.LowerRuntimeBuiltin(),
-        relax.transform.ComputePrimValue(),
-        relax.transform.VMShapeLower(),
-        relax.transform.AttachGlobalSymbol(),
-    ]
+    schedules = [ApplySchedules(*own, dl.cpu.GEMV(), dl.cpu.Reduction()), *prepack]
+    return fusion_passes() + schedules + vm_passes()
 
 
 def device(target):
