@@ -207,3 +207,17 @@ def test_halving_the_bus_slows_a_bandwidth_bound_layer(rng):
     assert slow.dram_busy == pytest.approx(2 * fast.dram_busy, rel=0.05)
     assert slow.total_cycles > 1.6 * fast.total_cycles
     assert fast.utilization < 0.2                     # weight-bound, not compute-bound
+
+
+@pytest.mark.parametrize("name", ["pynq", "ultra96", "zcu104", "de10nano", "sim", "tsim", "sim_4x8"])
+def test_every_shipped_config_runs_a_conv_bit_exact(name, rng):
+    """Every published configuration: a strided, padded conv with odd channel counts."""
+    cfg = load_config(name)
+    x = rand_i8(rng, (1, 20, 9, 9))
+    w = rand_i8(rng, (24, 20, 3, 3))
+    b = rng.integers(-5000, 5000, 24).astype(np.int32)
+    prog = lower_conv2d(x, w, b, stride=2, padding=1, shift=6, relu=True, cfg=cfg)
+    y, res = run_layer(prog)
+    np.testing.assert_array_equal(y, reference_conv2d(x, w, b, stride=2, padding=1, shift=6,
+                                                      relu=True))
+    assert res.stats.total_cycles > 0
