@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 
 import numpy as np
 import onnx
@@ -26,7 +25,7 @@ import mctvm
 from mctvm.models import default_model
 from mctvm.targets import cpu, cpu_schedules
 
-from common import machine, ort_session, print_table, random_input, save
+from common import machine, ort_session, print_table, random_input, save, time_ms
 
 # (label, batch, in_channels, out_channels, size, input dtype)
 CONVS = [
@@ -151,19 +150,9 @@ def _row(op, shape, dtype, mod, inputs, ops, repeat):
     return row
 
 
-def best_ms(fn, repeat, min_seconds=0.1) -> float:
-    """Best of `repeat` samples, each the mean of enough calls to last `min_seconds`."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    number = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number * 1e3)
-    return min(samples)
+def best_ms(fn, repeat) -> float:
+    """Best of `repeat` samples (common.time_ms with min)."""
+    return time_ms(fn, repeat, statistic=min)
 
 
 def model_rows(repeat):

@@ -12,6 +12,7 @@ import tvm
 from tvm.target import codegen
 
 from mctvm import mcq
+from mctvm.targets.cuda import device_modules
 from mctvm.kernels.activation_sampling import (
     COUNT_LIMITS,
     cuda_sampling_prim_func,
@@ -203,21 +204,11 @@ def test_bad_arguments_are_refused():
         sampling_prim_func((2, 3), 1, 0, device="vta")
 
 
-def cuda_modules(module):
-    found, stack = [], [module]
-    while stack:
-        mod = stack.pop()
-        if mod.kind == "cuda":
-            found.append(mod)
-        stack.extend(mod.imports)
-    return found
-
-
 @pytest.fixture(scope="module")
 def cuda_source():
     func = cuda_sampling_prim_func((100, 8, 5, 5), 5, 3, "int8", name="main")
     ex = tvm.compile(func, target=tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
-    return "\n".join(m.inspect_source() for m in cuda_modules(ex.mod))
+    return "\n".join(m.inspect_source() for m in device_modules(ex.mod))
 
 
 def test_cuda_compiles(cuda_source):
