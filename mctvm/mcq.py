@@ -236,26 +236,47 @@ def _blocks(R: int, m: int):
             yield slice(r, min(r + g, R)), 0, m
 
 
-def _hits_rows(v2: np.ndarray, K: float, xi: np.ndarray, sort: bool, what: str):
+def _blocked_cumsum(src: np.ndarray, block: int) -> np.ndarray:
+    """cumsum(|src|) per row as a parallel scan computes it: each block of `block` values
+    sums from 0 (local), block bases add up serially, and cs = base + local."""
+    R, m = src.shape
+    nb = -(-m // block)
+    local = np.zeros((R, nb * block))  # padding zeros leave each block's sum unchanged
+    np.abs(src, out=local[:, :m])
+    local = local.reshape(R, nb, block)
+    np.cumsum(local, axis=2, out=local)
+    base = np.zeros((R, nb))
+    np.cumsum(local[:, :-1, -1], axis=1, out=base[:, 1:])
+    local += base[:, :, None]
+    return local.reshape(R, nb * block)[:, :m].copy()
+
+
+def _hits_rows(v2: np.ndarray, K: float, xi: np.ndarray, sort: bool, what: str,
+               scan_block: int | None = None):
     """Signed counts (R, m) int64, N (R,) and f (R,) for each row of v2 (R, m).
 
     Two passes over cache-sized tiles (the memory traffic of a few whole-array
-    passes, not a dozen); the arithmetic is exactly the module docstring's.
+    passes, not a dozen); the arithmetic is exactly the module docstring's, or with
+    `scan_block` that of a blocked parallel scan (_blocked_cumsum).
     """
     R, m = v2.shape
     N = _num_samples(K, m, what)
     perm, src = _stable_order(v2) if sort else (None, v2)
-    cs = np.empty((R, m), dtype=np.float64)
     tiles = list(_blocks(R, m))
-    # pass 1: cs = cumsum(|v|) per row, strictly left to right (carry into each tile)
-    carry = np.zeros(R)
     with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-        for rs, c0, c1 in tiles:
-            blk = cs[rs, c0:c1]
-            np.abs(src[rs, c0:c1], out=blk)
-            blk[:, 0] += carry[rs]
-            np.cumsum(blk, axis=1, out=blk)
-            carry[rs] = blk[:, -1]
+        if scan_block:
+            cs = _blocked_cumsum(src, scan_block)
+            carry = cs[:, -1].copy()
+        else:
+            # pass 1: cs = cumsum(|v|) per row, strictly left to right (carry into each tile)
+            cs = np.empty((R, m), dtype=np.float64)
+            carry = np.zeros(R)
+            for rs, c0, c1 in tiles:
+                blk = cs[rs, c0:c1]
+                np.abs(src[rs, c0:c1], out=blk)
+                blk[:, 0] += carry[rs]
+                np.cumsum(blk, axis=1, out=blk)
+                carry[rs] = blk[:, -1]
     f = carry
     if not np.all(np.isfinite(f)):  # NaN/Inf anywhere poisons the row sum: O(1) check
         raise _nonfinite_error(v2)
@@ -337,18 +358,18 @@ def sample_counts(values, K, xi, *, sort=False, normalize="layer", axis=0) -> MC
     )
 
 
-def _per_row(v, axis, K, xi, sort, what) -> MCQResult:
+def _per_row(v, axis, K, xi, sort, what, scan_block=None) -> MCQResult:
     moved = np.moveaxis(v, axis, 0)
     C = moved.shape[0]
     if moved.size // max(C, 1) == 0:
         raise MCQError(f"values of shape {v.shape} have no elements per {what}")
     xi_r = _check_xi(xi, C, what)
-    hits, N, f = _hits_rows(moved.reshape(C, -1), K, xi_r, sort, what)
+    hits, N, f = _hits_rows(moved.reshape(C, -1), K, xi_r, sort, what, scan_block)
     counts = np.ascontiguousarray(np.moveaxis(hits.reshape(moved.shape), 0, axis))
     return MCQResult(counts, N, f / N, f, axis)
 
 
-def activation_counts(x, K, xi, *, per_sample=True) -> MCQResult:
+def activation_counts(x, K, xi, *, per_sample=True, scan_block=None) -> MCQResult:
     """MCQ of an activation batch x (batch first), as done online at inference.
 
     per_sample=True: each sample x[b] quantized on its own (own f, own
@@ -356,13 +377,20 @@ def activation_counts(x, K, xi, *, per_sample=True) -> MCQResult:
     array of length batch. per_sample=False: one CDF over the whole batch.
     Returns an MCQResult with int64 counts shaped like x and scale (and N, l1)
     of shape (batch,), so that x ~ counts * scale[:, None, ...].
+    scan_block=L: the cumulative sum in the order of a blocked parallel scan (blocks of L
+    values, as mctvm's run-time kernel computes it: count for count the same); it differs
+    from the serial one only in float64 rounding, so counts move by at most 1, rarely.
     """
     v = _as_float_array(x)
     K = _check_K(K)
     if v.ndim == 0:
         raise MCQError("x must have a batch axis first; got a scalar (use x[None])")
+    if scan_block is not None and (isinstance(scan_block, bool) or int(scan_block) < 1):
+        raise MCQError(f"scan_block must be a positive block length, got {scan_block!r}")
     if per_sample:
-        return _per_row(v, 0, K, xi, False, "sample")
+        return _per_row(v, 0, K, xi, False, "sample", scan_block)
+    if scan_block is not None:
+        raise MCQError("scan_block applies per sample; use it with per_sample=True")
     r = sample_counts(v, K, xi)
     B = v.shape[0]
     return MCQResult(

@@ -15,6 +15,7 @@ from mctvm import mcq
 from mctvm.targets.cuda import device_modules
 from mctvm.kernels.activation_sampling import (
     COUNT_LIMITS,
+    SCAN_BLOCK,
     cuda_sampling_prim_func,
     sampling_prim_func,
     xi_for,
@@ -43,7 +44,7 @@ def run(x, K, seed, stream=3, out_dtype="int8", target=GENERIC):
 
 
 def expected(x, K, seed, stream=3, out_dtype="int8"):
-    ref = mcq.activation_counts(x, K, xi_for(seed, stream))
+    ref = mcq.activation_counts(x, K, xi_for(seed, stream), scan_block=SCAN_BLOCK)
     lim = COUNT_LIMITS[out_dtype]
     c = ref.counts.reshape(len(x), -1)
     stats = np.stack([
@@ -80,7 +81,10 @@ def data(kind, shape, rng):
     raise ValueError(kind)
 
 
-SHAPES = [(1, 7), (4, 3, 5), (4, 2, 3, 3), (3, 1), (2, 1, 1, 1), (5, 131)]
+# one scan block per sample, several (a batch: one task per sample; one sample: its blocks
+# in parallel), and sizes that are not multiples of the block
+SHAPES = [(1, 7), (4, 3, 5), (4, 2, 3, 3), (3, 1), (2, 1, 1, 1), (5, 131),
+          (1, SCAN_BLOCK * 5 + 3), (3, SCAN_BLOCK * 9 + 1), (2, SCAN_BLOCK * 4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -124,6 +128,18 @@ def test_counts_sum_to_N_and_follow_the_seed():
     assert len(seen) > 10  # the run-time seed changes the draw
 
 
+def test_within_one_count_of_the_serial_scan():
+    # the bound against the float64 serial reference: |difference| <= 1, same total
+    rng = np.random.default_rng(8)
+    for shape in ((1, 300_000), (4, 50_001)):
+        x = rng.standard_cauchy(shape).astype(np.float32)
+        counts, _, _ = run(x, 3, 21, out_dtype="int32")
+        serial = mcq.activation_counts(x, 3, xi_for(21, 3)).counts
+        assert np.abs(counts.astype(np.int64) - serial).max() <= 1
+        np.testing.assert_array_equal(np.abs(counts.astype(np.int64)).sum(axis=1),
+                                      np.abs(serial).sum(axis=1))
+
+
 def test_odd_sizes_across_numpy_tiles():
     # rows of more than mcq's 2**15-element tile: numpy carries the cumsum across tiles
     rng = np.random.default_rng(4)
@@ -147,14 +163,16 @@ def test_host_cpu_target_is_also_exact():
             check(x, K, 31337, target=HOST)
 
 
-def test_no_fused_multiply_add_and_no_vectorised_sum():
-    # an FMA-capable CPU: LLVM must not contract N * P - k, nor reassociate the float64 sums
-    ex = tvm.compile(sampling_prim_func((4, 300), 5, 0, name="main"),
+@pytest.mark.parametrize("batch", [1, 4])
+def test_no_fused_multiply_add(batch):
+    # an FMA-capable CPU: LLVM must not contract N * P - k
+    ex = tvm.compile(sampling_prim_func((batch, 3000), 5, 0, name="main"),
                      target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
     asm = ex.mod.inspect_source("asm")
-    assert "vdivsd" in asm  # P = cs / f: the kernel is there
+    assert "vdivsd" in asm or "vdivpd" in asm  # P = cs / f: the kernel is there
     assert not re.findall(r"\bv?fn?m(add|sub)\w*", asm)
-    assert not re.findall(r"\bv?addpd\b", asm)
+    if batch > 1:  # one task per sample: P = cs / f runs in SIMD lanes
+        assert "vdivpd" in asm
 
 
 def test_saturation_int8():

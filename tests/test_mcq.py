@@ -426,6 +426,31 @@ def test_activation_counts_per_sample():
         activation_counts(x, K, np.array([0.1, 0.2]))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 3000), st.integers(1, 700),
+       st.floats(0.25, 8), st.floats(0, 0.999), st.integers(0, 2**31))
+def test_blocked_scan_keeps_the_invariants(batch, n, block, K, xi, seed):
+    # the run-time kernel's blocked scan: exact totals, within one count of the serial
+    # scan, and identical to it when one block holds the whole sample
+    x = np.random.default_rng(seed).standard_cauchy((batch, n)).astype(np.float32)
+    serial = activation_counts(x, K, xi)
+    blocked = activation_counts(x, K, xi, scan_block=block)
+    assert np.array_equal(np.abs(blocked.counts).sum(axis=1), serial.N)
+    assert np.abs(blocked.counts - serial.counts).max() <= 1
+    assert np.all(np.sign(blocked.counts) * np.sign(x) >= 0)
+    np.testing.assert_allclose(blocked.l1, serial.l1, rtol=1e-12)
+    whole = activation_counts(x, K, xi, scan_block=n)
+    assert np.array_equal(whole.counts, serial.counts) and np.array_equal(whole.l1, serial.l1)
+
+
+def test_blocked_scan_bad_arguments():
+    x = np.ones((2, 5), np.float32)
+    with pytest.raises(MCQError, match="scan_block"):
+        activation_counts(x, 1, 0.5, scan_block=0)
+    with pytest.raises(MCQError, match="per_sample=True"):
+        activation_counts(x, 1, 0.5, per_sample=False, scan_block=4)
+
+
 # ---------------------------------------------------------------------------
 # errors
 

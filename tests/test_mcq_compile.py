@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 import mctvm
 from mctvm import mcq
-from mctvm.kernels.activation_sampling import xi_for
+from mctvm.kernels.activation_sampling import SCAN_BLOCK, xi_for
 from mctvm.models import synthetic
 from mctvm.passes.fold_mcq_weights import weight_xi
 
@@ -42,7 +42,7 @@ def _emulate(model, x, K, seed, compile_seed=0):
             h = h.reshape(h.shape[0], -1)
             w = w.T  # transB: the compiled program's weight is (in, out)
         wq = mcq.sample_counts(w, K, weight_xi(compile_seed, index), axis=0)
-        aq = mcq.activation_counts(h, K, xi_for(seed, index))
+        aq = mcq.activation_counts(h, K, xi_for(seed, index), scan_block=SCAN_BLOCK)
         stats.append(aq)
         acc = _conv3x3(aq.counts, wq.counts) if node.op_type == "Conv" else aq.counts @ wq.counts
         scale = np.asarray(aq.scale, np.float32).reshape(-1, *([1] * (acc.ndim - 1)))
@@ -202,7 +202,7 @@ def test_activations_only_matches_numpy_emulation(model):
         w, bias = init[node.input[1]], init[node.input[2]]
         if node.op_type == "Gemm":
             h = h.reshape(h.shape[0], -1)
-        aq = mcq.activation_counts(h, 3, xi_for(5, index))
+        aq = mcq.activation_counts(h, 3, xi_for(5, index), scan_block=SCAN_BLOCK)
         acc = _conv3x3(aq.counts.astype(np.float64), w) if node.op_type == "Conv" \
             else aq.counts @ w.T.astype(np.float64)
         h = acc * np.asarray(aq.scale).reshape(-1, *([1] * (acc.ndim - 1)))

@@ -1,11 +1,11 @@
 """Run-time MCQ activation sampling as a TIR kernel (CPU and CUDA).
 
 Per sample of a batch x (batch first, float32) the kernel computes what
-`mctvm.mcq.activation_counts(x, K, xi)` computes, count for count:
+`mctvm.mcq.activation_counts(x, K, xi, scan_block=SCAN_BLOCK)` computes, count for count:
 
     n = elements per sample,  N = floor(K * n + 1/2)    (fixed at build time: shapes are static)
-    f = sum |x_i|                                        float64, strictly left to right
-    cs_i = cs_{i-1} + |x_i|;  P_i = cs_i / f;  P_{n-1} = 1
+    cs_i = cumsum |x| in float64, as a blocked scan (below);  f = cs_{n-1}
+    P_i = cs_i / f;  P_{n-1} = 1
     y = N * P_i;  k = floor(y);  c_i = k + (y - k > xi)  (= ceil(y - xi), exactly)
     count_i = sign(x_i) * (c_i - c_{i-1}),  c_{-1} = 0
     scale = f / N (float64, stored as float32); all counts 0 and scale 0 where f == 0
@@ -16,16 +16,27 @@ stream)` gives the same number in numpy. Counts beyond the output type are satur
 its symmetric range ([-127, 127] for int8, [-32767, 32767] for int16), never wrapped, and
 counted in `stats`.
 
-Floating-point order. f is a serial float64 sum, so it equals numpy's cumsum's last element
-(LLVM never reassociates floating-point adds without fast-math flags, which TVM's default
-llvm target does not set; the loops are serial, never vectorised). The one product that
-feeds an addition is y = N * P, used by both floor(y) and y - k; a fused multiply-add
-(TVM's LLVM target allows FP-op fusion, `AllowFPOpFusion = Fast`) would compute N * P - k
-unrounded and could flip a comparison with xi. LLVM's x86 backend only fuses a product
-with a single use (its FMA fusion is not "aggressive"), and y has two, so no FMA is formed
-(observed on FMA-capable mcpus; tests/test_kernel_activation_sampling.py checks the
+Blocked scan. A sample is cut into blocks of SCAN_BLOCK values. Each block sums |x| from 0
+(local_i, serial float64); block bases add up serially (base_0 = 0, base_{j+1} = base_j +
+local_last of block j); cs_i = base_j + local_i. The end of block j is then exactly
+base_{j+1}, so c just before block j+1 is c(base_{j+1}), which that block computes on its
+own: blocks are independent once the bases are known, and the hits telescope to exactly N.
+cs is non-decreasing, so hits are never negative. Against the strictly serial float64 scan
+(the paper's order, `activation_counts` without scan_block) only the rounding differs: a
+count moves by at most 1, rarely, with the same total. Schedules: CPU, a batch runs one
+task per sample (its values stay in cache through the stages), one sample runs its blocks
+in parallel; the loop over a block's values, after the scan, runs in SIMD lanes. CUDA, one
+thread per block, then per sample.
+
+Floating-point order. LLVM never reassociates floating-point adds without fast-math flags,
+which TVM's default llvm target does not set, so each scan is the serial sum it is written
+as. The one product that feeds an addition is y = N * P, used by both floor(y) and y - k;
+a fused multiply-add (TVM's LLVM target allows FP-op fusion, `AllowFPOpFusion = Fast`)
+would compute N * P - k unrounded and could flip a comparison with xi. y is bound once (a
+Let), and LLVM's x86 backend only fuses a product with a single use (its FMA fusion is not
+"aggressive"), so no FMA is formed (tests/test_kernel_activation_sampling.py checks the
 assembly). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, which is
-never contracted. floor(y) is the int64 truncation of y (y >= 0 and y <= N < 2**52).
+never contracted. floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
 
 Parameters of the PrimFunc (destination-passing style, as R.call_tir expects):
 
@@ -54,6 +65,9 @@ __all__ = ["sampling_prim_func", "cuda_sampling_prim_func", "xi_for", "num_sampl
 COUNT_LIMITS = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}
 _MAX_N = 2**52  # as in mctvm.mcq: N * P must stay exact-integer-safe in float64
 _INT32_MAX = 2**31 - 1
+# elements per scan block: the blocks of a sample are scanned in parallel (see the doc)
+SCAN_BLOCK = 1024
+SCAN_INTERLEAVE = 4  # scan blocks a CPU thread sums side by side
 
 
 def xi_for(seed: int, stream: int) -> float:
@@ -113,8 +127,14 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
     B = shape[0]
     lim = COUNT_LIMITS[out_dtype]
     Nf = float(N)  # exact: N <= 2**52
+    L = min(SCAN_BLOCK, n)
+    nb = (n + L - 1) // L  # scan blocks per sample
+    full = n // L  # of which full ones
+    tasks = B * nb
+    cdt = "int32" if N <= _INT32_MAX else "int64"  # c_i <= N
+    cuda = device == "cuda"
 
-    if device == "cuda":
+    if cuda:
 
         def times_n(p):  # never contracted into an FMA by nvcc
             return tirx.call_pure_extern("float64", "__dmul_rn", tirx.const(Nf, "float64"), p)
@@ -127,57 +147,105 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
     def xi_expr(seed_value):
         return uniform01(*seed_words(seed_value), stream, 0)
 
+    def ceil_count(p, f, xi, last):
+        # c = ceil(N * p / f - xi), exactly; the sample's last c is N (P = 1). y is bound
+        # once (a Let), so its product has two uses and is never contracted into an FMA.
+        y = tirx.Var("y", "float64")
+        k = tirx.Cast(cdt, y)  # = floor(y): y >= 0
+        c = k + tirx.Cast(cdt, y - tirx.Cast("float64", k) > xi)
+        return tirx.Select(last, tirx.const(N, cdt), tirx.Let(y, times_n(p / f), c))
+
     @T.macro
-    def one_sample(xv, cv, scale, stats, xi, b):
-        # pass 1: f = sum |x|, serial, float64
-        f = T.alloc_buffer((1,), "float64", scope="local")
-        f[0] = T.float64(0)
-        for i in T.serial(n):
-            f[0] = f[0] + T.Cast("float64", T.fabs(xv[b * n + i]))
-        if f[0] == T.float64(0):
-            for i in T.serial(n):
-                cv[b * n + i] = T.Cast(out_dtype, 0)
-            scale[b] = T.float32(0)
-            stats[b, 0] = 0
-            stats[b, 1] = 0
-            stats[b, 2] = 0
+    def block_cumsum(xv, cs, cs0, b, j):
+        # stage 1, scan block j of sample b: its own running float64 sum of |x| from 0
+        acc = T.alloc_buffer((1,), "float64", scope="local")
+        acc[0] = T.float64(0)
+        for i in T.serial(T.min(L, n - j * L)):
+            acc[0] = acc[0] + T.Cast("float64", T.fabs(xv[b * n + j * L + i]))
+            cs[cs0 + j * L + i] = acc[0]
+
+    @T.macro
+    def sample_cumsums(xv, cs, b):
+        # stage 1 for all of sample b, SCAN_INTERLEAVE full blocks side by side (their chains
+        # of float64 adds are independent and overlap), then the rest one by one
+        acc = T.alloc_buffer((SCAN_INTERLEAVE,), "float64", scope="local")
+        for q in T.serial(full // SCAN_INTERLEAVE):
+            for g in T.unroll(SCAN_INTERLEAVE):
+                acc[g] = T.float64(0)
+            for i in T.serial(L):
+                for g in T.unroll(SCAN_INTERLEAVE):
+                    acc[g] = acc[g] + T.Cast(
+                        "float64", T.fabs(xv[b * n + (q * SCAN_INTERLEAVE + g) * L + i]))
+                    cs[(q * SCAN_INTERLEAVE + g) * L + i] = acc[g]
+        for j in T.serial(full - full % SCAN_INTERLEAVE, nb):
+            block_cumsum(xv, cs, 0, b, j)
+
+    @T.macro
+    def sample_bases(cs, cs0, base, total, b):
+        # stage 2, sample b: base_j = base_{j-1} + (block j-1's sum), serial; f = the last
+        run = T.alloc_buffer((1,), "float64", scope="local")
+        run[0] = T.float64(0)
+        for j in T.serial(nb):
+            base[b * nb + j] = run[0]
+            run[0] = run[0] + cs[cs0 + T.min(j * L + L, n) - 1]
+        total[b] = run[0]
+
+    @T.macro
+    def block_counts(xv, cv, cs, cs0, base, total, bstats, xi, b, j):
+        # stage 3, scan block j of sample b: P_i = (base_j + local_i) / f, hits c_i - c_{i-1}
+        t = b * nb + j
+        start = b * n + j * L
+        length = T.min(L, n - j * L)
+        f = total[b]
+        if f == T.float64(0):
+            for i in T.serial(length):
+                cv[start + i] = T.Cast(out_dtype, 0)
+            bstats[t * 3] = 0
+            bstats[t * 3 + 1] = 0
+            bstats[t * 3 + 2] = 0
         else:
-            cs = T.alloc_buffer((1,), "float64", scope="local")
-            prev = T.alloc_buffer((1,), "int64", scope="local")
+            # c[0]: c just before the block (the previous block ends exactly at base_j);
+            # then c of each value (a loop without dependences, vectorised), then the hits
+            c = T.alloc_buffer((L + 1,), cdt, scope="local")
+            c[0] = T.if_then_else(j == 0, T.Cast(cdt, 0), ceil_count(base[t], f, xi, False))
+            for i in T.serial(length):
+                c[i + 1] = ceil_count(base[t] + cs[cs0 + j * L + i], f, xi,
+                                      j * L + i == n - 1)
             nnz = T.alloc_buffer((1,), "int32", scope="local")
-            big = T.alloc_buffer((1,), "int64", scope="local")
+            big = T.alloc_buffer((1,), cdt, scope="local")
             sat = T.alloc_buffer((1,), "int32", scope="local")
-            cs[0] = T.float64(0)
-            prev[0] = T.int64(0)
             nnz[0] = 0
-            big[0] = T.int64(0)
+            big[0] = T.Cast(cdt, 0)
             sat[0] = 0
-            # pass 2: c_i = ceil(N * cs_i / f - xi) computed exactly; the last c is N (P = 1)
-            for i in T.serial(n):
-                v = xv[b * n + i]
-                cs[0] = cs[0] + T.Cast("float64", T.fabs(v))
-                y = times_n(cs[0] / f[0])
-                k = T.Cast("int64", y)  # = floor(y): y >= 0
-                c = T.if_then_else(
-                    i == n - 1,
-                    T.int64(N),
-                    k + T.Cast("int64", y - T.Cast("float64", k) > xi),
-                )
-                hit = c - prev[0]
-                prev[0] = c
-                nnz[0] = nnz[0] + T.Cast("int32", hit != T.int64(0))
+            for i in T.serial(length):
+                hit = c[i + 1] - c[i]
+                nnz[0] = nnz[0] + T.Cast("int32", hit != T.Cast(cdt, 0))
                 big[0] = T.max(big[0], hit)
-                sat[0] = sat[0] + T.Cast("int32", hit > T.int64(lim))
-                q = T.Cast(out_dtype, T.min(hit, T.int64(lim)))
-                cv[b * n + i] = T.if_then_else(v < T.float32(0), -q, q)
-            scale[b] = T.Cast("float32", f[0] / T.float64(Nf))
-            stats[b, 0] = nnz[0]
-            stats[b, 1] = T.Cast("int32", T.min(big[0], T.int64(_INT32_MAX)))
-            stats[b, 2] = sat[0]
+                sat[0] = sat[0] + T.Cast("int32", hit > T.Cast(cdt, lim))
+                q = T.Cast(out_dtype, T.min(hit, T.Cast(cdt, lim)))
+                cv[start + i] = T.if_then_else(xv[start + i] < T.float32(0), -q, q)
+            bstats[t * 3] = nnz[0]
+            bstats[t * 3 + 1] = T.Cast("int32", T.min(T.Cast("int64", big[0]),
+                                                      T.int64(_INT32_MAX)))
+            bstats[t * 3 + 2] = sat[0]
 
-    if device == "cuda":
-        tpb = max(1, min(int(threads_per_block), B))
-        blocks = (B + tpb - 1) // tpb
+    @T.macro
+    def sample_stats(total, bstats, scale, stats, b):
+        # stage 4, sample b: scale f / N and the stats over its blocks
+        scale[b] = T.Cast("float32", total[b] / T.float64(Nf))
+        stats[b, 0] = 0
+        stats[b, 1] = 0
+        stats[b, 2] = 0
+        for j in T.serial(nb):
+            stats[b, 0] = stats[b, 0] + bstats[(b * nb + j) * 3]
+            stats[b, 1] = T.max(stats[b, 1], bstats[(b * nb + j) * 3 + 1])
+            stats[b, 2] = stats[b, 2] + bstats[(b * nb + j) * 3 + 2]
+
+    if cuda:
+        tpb = max(1, min(int(threads_per_block), tasks))
+        task_blocks = (tasks + tpb - 1) // tpb
+        spb = max(1, min(int(threads_per_block), B))
+        sample_blocks = (B + spb - 1) // spb
 
         @T.prim_func
         def mcq_sample_activations(
@@ -191,13 +259,32 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             xv = T.decl_buffer((B * n,), "float32", data=x.data)
             cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
-            for bx in T.thread_binding(blocks, thread="blockIdx.x"):
+            cs = T.alloc_buffer((B * n,), "float64")
+            base = T.alloc_buffer((tasks,), "float64")
+            total = T.alloc_buffer((B,), "float64")
+            bstats = T.alloc_buffer((tasks * 3,), "int32")
+            for bx in T.thread_binding(task_blocks, thread="blockIdx.x"):
                 for tx in T.thread_binding(tpb, thread="threadIdx.x"):
-                    if bx * tpb + tx < B:
+                    if bx * tpb + tx < tasks:
+                        block_cumsum(xv, cs, ((bx * tpb + tx) // nb) * n,
+                                     (bx * tpb + tx) // nb, (bx * tpb + tx) % nb)
+            for bx in T.thread_binding(sample_blocks, thread="blockIdx.x"):
+                for tx in T.thread_binding(spb, thread="threadIdx.x"):
+                    if bx * spb + tx < B:
+                        sample_bases(cs, (bx * spb + tx) * n, base, total, bx * spb + tx)
+            for bx in T.thread_binding(task_blocks, thread="blockIdx.x"):
+                for tx in T.thread_binding(tpb, thread="threadIdx.x"):
+                    if bx * tpb + tx < tasks:
                         xi: T.float64 = xi_expr(seed[0])
-                        one_sample(xv, cv, scale, stats, xi, bx * tpb + tx)
+                        block_counts(xv, cv, cs, ((bx * tpb + tx) // nb) * n, base, total,
+                                     bstats, xi, (bx * tpb + tx) // nb, (bx * tpb + tx) % nb)
+            for bx in T.thread_binding(sample_blocks, thread="blockIdx.x"):
+                for tx in T.thread_binding(spb, thread="threadIdx.x"):
+                    if bx * spb + tx < B:
+                        sample_stats(total, bstats, scale, stats, bx * spb + tx)
 
-    else:
+    elif B > 1:
+        # a batch: one task per sample, all four stages while its values are in cache
 
         @T.prim_func
         def mcq_sample_activations(
@@ -211,9 +298,44 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             xv = T.decl_buffer((B * n,), "float32", data=x.data)
             cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
+            base = T.alloc_buffer((tasks,), "float64")
+            total = T.alloc_buffer((B,), "float64")
+            bstats = T.alloc_buffer((tasks * 3,), "int32")
             xi: T.float64 = xi_expr(seed[0])
             for b in T.parallel(B):
-                one_sample(xv, cv, scale, stats, xi, b)
+                cs = T.alloc_buffer((n,), "float64")
+                sample_cumsums(xv, cs, b)
+                sample_bases(cs, 0, base, total, b)
+                for j in T.serial(nb):
+                    block_counts(xv, cv, cs, 0, base, total, bstats, xi, b, j)
+                sample_stats(total, bstats, scale, stats, b)
+
+    else:
+        # one sample: its scan blocks in parallel
+
+        @T.prim_func
+        def mcq_sample_activations(
+            x: T.Buffer(shape, "float32"),
+            seed: T.Buffer((1,), "int64"),
+            counts: T.Buffer(shape, out_dtype),
+            scale: T.Buffer((B,), "float32"),
+            stats: T.Buffer((B, 3), "int32"),
+        ):
+            # hand-scheduled: dlight and MetaSchedule leave it alone
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            xv = T.decl_buffer((n,), "float32", data=x.data)
+            cv = T.decl_buffer((n,), out_dtype, data=counts.data)
+            cs = T.alloc_buffer((n,), "float64")
+            base = T.alloc_buffer((nb,), "float64")
+            total = T.alloc_buffer((1,), "float64")
+            bstats = T.alloc_buffer((nb * 3,), "int32")
+            xi: T.float64 = xi_expr(seed[0])
+            for j in T.parallel(nb):
+                block_cumsum(xv, cs, 0, 0, j)
+            sample_bases(cs, 0, base, total, 0)
+            for j in T.parallel(nb):
+                block_counts(xv, cv, cs, 0, base, total, bstats, xi, 0, j)
+            sample_stats(total, bstats, scale, stats, 0)
 
     if name is None:  # private, as Relax's call_te makes them: the module names it
         return mcq_sample_activations.without_attr("global_symbol")
@@ -224,9 +346,9 @@ def sampling_prim_func(shape: tuple, K: float, stream: int, out_dtype: str = "in
                        device: str = "cpu", threads_per_block: int = 64, name: str | None = None):
     """PrimFunc(x, seed, counts, scale, stats) for MCQ activation sampling of `shape`.
 
-    device="cpu": the batch loop is `T.parallel`, the element loops serial (build with an
-    llvm target). device="cuda": one thread per sample (blockIdx.x * threads_per_block +
-    threadIdx.x), a serial scan per thread (build with a cuda target).
+    device="cpu": parallel over the samples of a batch, or over the scan blocks of a single
+    sample (build with an llvm target). device="cuda": one thread per scan block, then per
+    sample, `threads_per_block` threads to a CUDA block (build with a cuda target).
     name=None (the default) gives a private PrimFunc, the form Relax expects for
     `bb.add_func(func, "mcq_sample_3")` + R.call_tir (AttachGlobalSymbol later names it after
     its GlobalVar; two public kernels with one symbol would break BlockBuilder.finalize).
