@@ -97,3 +97,41 @@ def transformer(seq=32, dim=64, heads=4, ffn=256, layers=1, batch="batch", seed=
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, seq, dim])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, seq, dim])],
     )
+
+
+def resnet18(image=224, classes=1000, batch="batch", seed=0):
+    """ResNet-18 as torchvision exports it: conv7x7/2 + BatchNorm + ReLU + maxpool, four stages
+    of two BasicBlocks (64, 128, 256, 512 channels; 1x1 stride-2 downsample convs on the
+    shortcut), global average pool, FC. BatchNorm stays in the graph (inference mode, random
+    statistics). `image` is the input's height and width (224 for the real network)."""
+    g = _Graph(seed)
+
+    def conv_bn(x, c_in, c_out, kernel, stride, relu=True):
+        pad = kernel // 2
+        x = g.op("Conv", [x, g.weight("w", (c_out, c_in, kernel, kernel))], "conv",
+                 kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4)
+        stats = [g.const(s, v.astype(np.float32)) for s, v in (
+            ("gamma", g.rng.uniform(0.5, 1.5, c_out)), ("beta", g.rng.normal(0, 0.1, c_out)),
+            ("mean", g.rng.normal(0, 0.1, c_out)), ("var", g.rng.uniform(0.5, 1.5, c_out)))]
+        x = g.op("BatchNormalization", [x, *stats], "bn", epsilon=1e-5)
+        return g.op("Relu", [x]) if relu else x
+
+    x = conv_bn("input", 3, 64, 7, 2)
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    c_in = 64
+    for stage, c_out in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shortcut = x if stride == 1 and c_in == c_out else conv_bn(x, c_in, c_out, 1, stride,
+                                                                         relu=False)
+            y = conv_bn(conv_bn(x, c_in, c_out, 3, stride), c_out, c_out, 3, 1, relu=False)
+            x = g.op("Relu", [g.op("Add", [y, shortcut])])
+            c_in = c_out
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
+    x = g.op("Gemm", [x, g.weight("fc", (classes, c_in)), g.weight("fcb", (classes,), 0.1)],
+             "fc", transB=1)
+    return g.model(
+        "resnet18",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, image, image])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, classes])],
+    )
