@@ -83,10 +83,12 @@ def test_seeds_reproduce_and_fresh_calls_differ(model):
         compiled(x, seed=-3)
 
 
-def test_weights_only_equals_onnxruntime_on_dequantized_weights(model):
+@pytest.mark.parametrize("normalize", ["layer", "channel"])
+def test_weights_only_equals_onnxruntime_on_dequantized_weights(model, normalize):
     """Independent check: put counts * f/N into the ONNX model and run onnxruntime."""
     K = 3
-    compiled = mctvm.compile(model, K=K, quantize=("weights",), skip=(), shapes={"input": SHAPE})
+    compiled = mctvm.compile(model, K=K, quantize=("weights",), skip=(), normalize=normalize,
+                             shapes={"input": SHAPE})
     assert not compiled.takes_seed
     emulated = onnx.ModelProto.FromString(model.SerializeToString())
     gemms = [n for n in emulated.graph.node if n.op_type in ("Conv", "Gemm")]
@@ -94,7 +96,11 @@ def test_weights_only_equals_onnxruntime_on_dequantized_weights(model):
     for index, node in enumerate(gemms):
         w = numpy_helper.to_array(inits[node.input[1]])
         oriented = w.T if node.op_type == "Gemm" else w
-        q = mcq.sample_counts(oriented, K, weight_xi(0, index), axis=0).dequantize()
+        # channel: one CDF and one jitter per output channel (the compiled Gemm weight is
+        # (in, out): its output channels run along axis 1)
+        axis = 1 if node.op_type == "Gemm" else 0
+        xi = weight_xi(0, index, oriented.shape[axis] if normalize == "channel" else None)
+        q = mcq.sample_counts(oriented, K, xi, normalize=normalize, axis=axis).dequantize()
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(
             (q.T if node.op_type == "Gemm" else q).astype(np.float32), node.input[1]))
     x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)

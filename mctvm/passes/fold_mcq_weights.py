@@ -15,9 +15,13 @@ from .plan_mcq_layers import read_layers, write_layers
 WEIGHT_STREAM_BASE = 1 << 20
 
 
-def weight_xi(seed: int, index: int) -> float:
-    """The jitter of layer `index`'s weights, from the compile-time seed."""
-    return float(uniform01_np(seed, WEIGHT_STREAM_BASE + index, 0))
+def weight_xi(seed: int, index: int, channels: int | None = None):
+    """The jitter of layer `index`'s weights, from the compile-time seed: one number, or
+    with `channels` one per output channel (each channel-normalised CDF its own draw, so
+    that the channels' sampling errors are independent; channel 0 draws the layer's)."""
+    if channels is None:
+        return float(uniform01_np(seed, WEIGHT_STREAM_BASE + index, 0))
+    return uniform01_np(seed, WEIGHT_STREAM_BASE + index, np.arange(channels))
 
 
 @relax.expr_functor.mutator
@@ -37,11 +41,12 @@ class _Folder(relax.PyExprMutator):
         if layer["K_weights"] is None:
             return call
         weight = call.args[1].value.numpy()
-        result = mcq.sample_counts(
-            weight, layer["K_weights"], weight_xi(self.options.seed, layer["index"]),
-            sort=self.options.sort, normalize=self.options.normalize,
-            axis=weight_axis(kind) % weight.ndim,
-        )
+        axis = weight_axis(kind) % weight.ndim
+        per_channel = self.options.normalize == "channel"
+        xi = weight_xi(self.options.seed, layer["index"],
+                       weight.shape[axis] if per_channel else None)
+        result = mcq.sample_counts(weight, layer["K_weights"], xi, sort=self.options.sort,
+                                   normalize=self.options.normalize, axis=axis)
         counts = result.counts.astype(mcq.int_dtype_for(result.counts))
         layer.update({
             "weight_shape": list(weight.shape), "N_weights": int(np.sum(result.N)),
