@@ -10,6 +10,7 @@ from .errors import MctvmError
 
 QUANTIZE_PARTS = ("weights", "activations")
 ACTIVATION_DTYPES = ("int8", "int16")
+SPARSE_KERNELS = ("auto", "dense", "csr", "bsr")
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,12 @@ class MCQOptions:
     normalize: str = "layer"
     activation_dtype: str = "int16"
     seed: int = 0  # seeds the weights' jitter at compile time
+    sparse: str = "auto"  # integer GEMM/conv kernels: passes/lower_sparse_gemm.py
 
     @classmethod
     def from_args(cls, K, *, K_weights=None, K_activations=None, layer_K=None,
                   quantize=QUANTIZE_PARTS, skip=("first",), sort=False, normalize="layer",
-                  activation_dtype="int16", seed=0) -> "MCQOptions | None":
+                  activation_dtype="int16", seed=0, sparse="auto") -> "MCQOptions | None":
         """Check the user's arguments; None when nothing is quantized (the float program)."""
         quantize = (quantize,) if isinstance(quantize, str) else tuple(quantize)
         unknown = sorted(set(quantize) - set(QUANTIZE_PARTS))
@@ -62,9 +64,13 @@ class MCQOptions:
             raise MctvmError(f"normalize={normalize!r}; use 'layer' (the paper's) or 'channel'")
         if activation_dtype not in ACTIVATION_DTYPES:
             raise MctvmError(f"activation_dtype={activation_dtype!r}; use one of {ACTIVATION_DTYPES}")
+        if sparse not in SPARSE_KERNELS:
+            raise MctvmError(
+                f"sparse={sparse!r}; use one of {SPARSE_KERNELS} ('auto' picks per layer from "
+                "the weight's sparsity, 'dense' never uses the sparse kernels)")
         skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
         return cls(kw, ka, quantize, dict(layer_K or {}), skip, bool(sort), normalize,
-                   activation_dtype, int(seed))
+                   activation_dtype, int(seed), sparse)
 
     def plan(self, sites: Sequence[tuple[str, str]]) -> list[LayerPlan]:
         """Resolve the options over the model's layers, given as (name, op) in graph order."""

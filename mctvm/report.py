@@ -60,7 +60,7 @@ class Report:
 
     def __str__(self):
         head = ("layer", "op", "K_w", "N_w", "w bits", "w sparsity", "K_a", "N_a", "a bits",
-                "a sparsity", "saturated")
+                "a sparsity", "saturated", "kernel")
         lines = []
         for r in self.rows:
             lines.append((
@@ -68,7 +68,7 @@ class Report:
                 _f(r.get("weight_bits")), _pct(r.get("weight_sparsity")),
                 _f(r.get("K_activations")), _f(r.get("N_activations")),
                 _f(r.get("activation_bits")), _pct(r.get("activation_sparsity")),
-                _f(r.get("saturated")),
+                _f(r.get("saturated")), _f(r.get("gemm_kernel")),
             ))
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
         text = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
@@ -95,7 +95,8 @@ def build_report(layers: list, activation_stats: dict) -> Report:
     for layer in layers:
         row = {k: layer.get(k) for k in ("index", "name", "op", "K_weights", "N_weights",
                                          "weight_bits", "weight_sparsity", "weight_dtype",
-                                         "K_activations", "N_activations", "activation_dtype")}
+                                         "K_activations", "N_activations", "activation_dtype",
+                                         "gemm_kernel")}
         row["weight_shape"] = layer.get("weight_shape")
         row["input_shape"] = layer.get("input_shape")
         stats = activation_stats.get(layer["index"])

@@ -14,6 +14,7 @@ from tvm import relax
 from .fold_mcq_weights import FoldMCQWeights
 from .insert_activation_sampling import InsertActivationSampling
 from .insert_mca_noise import InsertMCANoise
+from .lower_sparse_gemm import LowerSparseGEMM
 from .plan_mcq_layers import PlanMCQLayers
 from .round_to_float_format import RoundToFloatFormat
 
@@ -35,6 +36,8 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
             # Activations -> counts at run time; integer GEMMs with int32 accumulation.
             ("mcq-activations", [InsertActivationSampling(mcq, _device(target)),
                                  relax.transform.DeadCodeElimination()]),
+            # Integer GEMM/convs on sparse weights: dense, CSR or BSR kernels per layer.
+            ("mcq-sparse", [LowerSparseGEMM(mcq.sparse, _device(target), _lanes(target))]),
         ]
     if float_format is not None:
         # Quantized floating point: GEMM/conv operands rounded to (E, M) bits.
@@ -49,17 +52,31 @@ def _device(target) -> str:
     return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
-def lowering_phase(target) -> tuple:
-    """Target lowering: legalize to TIR, fuse, schedule, lower to the VM (see targets/)."""
-    from ..targets import backend
+def _lanes(target) -> int:
+    """int32 SIMD lanes of a CPU target (the sparse kernels' vector width)."""
+    from ..targets.cpu_schedules import vector_bits
 
-    return ("lower-" + target.kind.name, backend(target).lowering_passes(target))
+    return vector_bits(target) // 32 if target.kind.name == "llvm" else 1
+
+
+def lowering_phase(target, tuned=()) -> tuple:
+    """Target lowering: legalize to TIR, fuse, schedule, lower to the VM (see targets/).
+
+    `tuned`: passes that schedule kernels from tuning records (tune.py), run after fusion
+    and before the target's default schedules, which then skip the kernels they scheduled.
+    """
+    from ..targets import backend
+    from ..targets.lowering import fusion_passes, vm_passes
+
+    schedules = list(tuned) + backend(target).schedule_passes(target)
+    return ("lower-" + target.kind.name, fusion_passes() + schedules + vm_passes())
 
 
 def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None,
-        mca=None, float_format=None) -> tvm.IRModule:
+        mca=None, float_format=None, tuned=()) -> tvm.IRModule:
     """Run every phase on `mod` for `target`; the result is ready for `tvm.compile`."""
-    phases = graph_phases(target, mcq, onnx_gemms, mca, float_format) + [lowering_phase(target)]
+    phases = graph_phases(target, mcq, onnx_gemms, mca, float_format)
+    phases.append(lowering_phase(target, tuned))
     if dump_dir is not None:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
         _dump(mod, dump_dir, 0, "imported")
@@ -68,6 +85,20 @@ def run(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), dump_dir=None,
             mod = tvm.transform.Sequential(passes, name=name)(mod)
             if dump_dir is not None:
                 _dump(mod, dump_dir, index, name)
+    return mod
+
+
+def kernels(mod: tvm.IRModule, target, mcq=None, onnx_gemms=(), mca=None,
+            float_format=None) -> tvm.IRModule:
+    """The graph phases and fusion only: the program's kernels as fused, unscheduled
+    PrimFuncs, the workloads that tuning measures and that its records are matched to."""
+    from ..targets.lowering import fusion_passes
+
+    phases = graph_phases(target, mcq, onnx_gemms, mca, float_format)
+    phases.append(("fuse", fusion_passes()))
+    with target:
+        for name, passes in phases:
+            mod = tvm.transform.Sequential(passes, name=name)(mod)
     return mod
 
 
