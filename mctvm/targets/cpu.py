@@ -82,7 +82,14 @@ def is_cross(target) -> bool:
 
 
 def lowering_passes(target) -> list:
-    """Relax -> TIR -> VM passes for CPU. Schedules plug in after FuseTIR.
+    """Relax -> TIR -> VM passes for CPU: fusion, the default schedules, VM lowering."""
+    from .lowering import fusion_passes, vm_passes
+
+    return fusion_passes() + schedule_passes(target) + vm_passes()
+
+
+def schedule_passes(target) -> list:
+    """The default schedules for the fused kernels not scheduled yet (by tuning records).
 
     mctvm's own default schedules (cpu_schedules: conv2d, matmul, pooling/elementwise) go
     ahead of dlight's GEMV/Reduction rules; the weight packing they add is split out of the
@@ -91,13 +98,11 @@ def lowering_passes(target) -> list:
     from tvm.s_tir import dlight as dl
 
     from . import cpu_schedules
-    from .lowering import fusion_passes, vm_passes
     from .schedule import ApplySchedules
 
     own = cpu_schedules.rules() if cpu_schedules.enabled() else []
     prepack = cpu_schedules.prepack_passes() if own else []
-    schedules = [ApplySchedules(*own, dl.cpu.GEMV(), dl.cpu.Reduction()), *prepack]
-    return fusion_passes() + schedules + vm_passes()
+    return [ApplySchedules(*own, dl.cpu.GEMV(), dl.cpu.Reduction()), *prepack]
 
 
 def device(target):

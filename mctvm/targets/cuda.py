@@ -27,15 +27,21 @@ def _host():
 
 
 def lowering_passes(target) -> list:
-    """Relax -> TIR -> VM passes for CUDA, with dlight's GPU rules as the default schedules."""
+    """Relax -> TIR -> VM passes for CUDA: fusion, the default schedules, VM lowering."""
+    from .lowering import fusion_passes, vm_passes
+
+    return fusion_passes() + schedule_passes(target) + vm_passes()
+
+
+def schedule_passes(target) -> list:
+    """dlight's GPU rules: the default schedules for kernels not scheduled yet."""
     from tvm.s_tir import dlight as dl
 
-    from .lowering import fusion_passes, vm_passes
     from .schedule import ApplySchedules
 
     rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
              dl.gpu.Fallback()]
-    return fusion_passes() + [ApplySchedules(*rules)] + vm_passes()
+    return [ApplySchedules(*rules)]
 
 
 def device(target):
