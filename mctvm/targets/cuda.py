@@ -34,13 +34,15 @@ def lowering_passes(target) -> list:
 
 
 def schedule_passes(target) -> list:
-    """dlight's GPU rules: the default schedules for kernels not scheduled yet."""
+    """The default schedules for kernels not scheduled yet: our integer GEMM rules
+    (cuda_schedules.py: __dp4a for int8), then dlight's GPU rules."""
     from tvm.s_tir import dlight as dl
 
+    from . import cuda_schedules
     from .schedule import ApplySchedules
 
-    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Fallback()]
+    rules = cuda_schedules.rules() + [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     return [ApplySchedules(*rules)]
 
 
@@ -53,30 +55,98 @@ def device(target):
 def build(mod, target):
     """Build, and keep the generated CUDA source for inspection.
 
-    Where the CUDA driver is loadable, TVM compiles the kernels at build time through
-    `tvm_callback_cuda_compile`, here bound to nvcc (a fatbin for `arch`). Without a driver
-    (this project's CI), TVM keeps the CUDA source in the program instead: exported, it is
-    compiled when loaded on a GPU host.
+    Where nvcc is installed, the kernels are compiled at build time into a fatbin for
+    `arch` (SASS, plus PTX for newer GPUs), which is what `export_library` writes. TVM does
+    that only when its CUDA runtime library is loaded, and that library needs the driver
+    library libcuda.so.1: without a driver, `load_cuda_runtime` stands a stub in for it.
+    Without nvcc (or a C compiler for the stub), the program keeps the CUDA source instead,
+    compiled when the exported library is loaded on a GPU host.
     """
     import shutil
 
     import tvm
-    import tvm_ffi
 
-    sources = []
-    if shutil.which("nvcc"):
-        from tvm.support import nvcc
+    if shutil.which("nvcc") and load_cuda_runtime():
+        import tvm_ffi
 
-        def compile_with_nvcc(code):
-            sources.append(code)
-            arch = str(tvm.target.Target.current().attrs["arch"])
-            return nvcc.compile_cuda(code, target_format="fatbin", arch=arch, compiler="nvcc")
-
-        tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_with_nvcc,
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile_with_nvcc,
                                      override=True)
     executable = tvm.compile(mod, target=target, relax_pipeline=None)
-    source = "\n".join(sources) or "\n".join(m.inspect_source() for m in device_modules(executable.mod))
+    source = "\n".join(m.inspect_source() for m in device_modules(executable.mod))
     return executable, {"cuda": source}
+
+
+def _compile_with_nvcc(code):
+    """tvm_callback_cuda_compile: CUDA source -> fatbin for the current target's arch (a
+    build with no CUDA target in scope, outside mctvm: the local GPU's, else DEFAULT_ARCH)."""
+    import tvm
+    from tvm.support import nvcc
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "cuda":
+        target = default_target()
+    with target:
+        return nvcc.compile_cuda(code, target_format="fatbin", arch=str(target.attrs["arch"]),
+                                 compiler="nvcc")
+
+
+# libcuda.so.1 stand-in: the functions TVM's CUDA runtime library (libtvm_runtime_cuda.so)
+# imports, each answering CUDA_ERROR_STUB_LIBRARY (34) like the CUDA toolkit's own stub; the
+# CUDA runtime (cudart) then reports no device.
+_DRIVER_STUB = """
+static const char *const stub_error = "CUDA_ERROR_STUB_LIBRARY";
+int cuGetErrorName(int e, const char **s) { (void)e; *s = stub_error; return 0; }
+int cuGetErrorString(int e, const char **s) { (void)e; *s = stub_error; return 0; }
+#define STUB(name) int name(void) { return 34; }
+STUB(cuInit) STUB(cuDriverGetVersion) STUB(cuGetProcAddress) STUB(cuGetProcAddress_v2)
+STUB(cuDeviceGetName) STUB(cuFuncSetAttribute) STUB(cuLaunchKernelEx)
+STUB(cuModuleGetFunction) STUB(cuModuleLoadData) STUB(cuModuleUnload)
+STUB(cuTensorMapEncodeTiled)
+"""
+
+
+def load_cuda_runtime() -> bool:
+    """Load TVM's CUDA runtime library (kernels compiled at build time, CUDA modules saved as
+    device code, exported libraries loadable) if `import tvm` could not; False if it can't be.
+
+    On a host without the CUDA driver, a stub libcuda.so.1 compiled from _DRIVER_STUB (with
+    the C compiler `export_library` uses) is loaded first, process-wide: nothing can run on
+    a GPU here anyway, and tvm.cuda(0).exist stays False."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import tvm_ffi
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            return False
+        with tempfile.TemporaryDirectory(prefix="mctvm-cuda-stub-") as tmp:
+            source, stub = Path(tmp) / "stub.c", Path(tmp) / "libcuda.so.1"
+            source.write_text(_DRIVER_STUB)
+            built = subprocess.run([compiler, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1",
+                                    "-o", str(stub), str(source)], capture_output=True,
+                                   check=False)
+            if built.returncode != 0:
+                return False
+            ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
+            mode="RTLD_LOCAL")
+    except (OSError, FileNotFoundError, RuntimeError):
+        return False
+    return tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None
 
 
 def device_modules(module):
