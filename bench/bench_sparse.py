@@ -21,8 +21,8 @@ import os
 import numpy as np
 
 from mctvm.kernels import sparse_gemm
+from mctvm.passes.lower_sparse_gemm import kernel_options
 from mctvm.targets import cpu
-from mctvm.targets.cpu_schedules import vector_bits
 
 from bench_kernels import time_module
 from common import OUT, machine, print_table, save
@@ -60,15 +60,15 @@ def dense_module(op, x_shape, w, padding):
     return bb.get()
 
 
-def sparse_module(op, x_shape, w, padding, fmt, lanes):
+def sparse_module(op, x_shape, w, padding, fmt, options):
     from tvm import relax
 
     if op == "matmul":
-        func, arrays = sparse_gemm.sparse_matmul(x_shape, DTYPE, w, fmt, lanes=lanes)
+        func, arrays = sparse_gemm.sparse_matmul(x_shape, DTYPE, w, fmt, **options)
         out_shape = (x_shape[0], w.shape[1])
     else:
         func, arrays = sparse_gemm.sparse_conv2d(x_shape, DTYPE, w, fmt, padding=[padding] * 4,
-                                                 lanes=lanes)
+                                                 **options)
         out_shape = (x_shape[0], w.shape[0], x_shape[2], x_shape[3])
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(x_shape, DTYPE))
@@ -82,8 +82,7 @@ def sparse_module(op, x_shape, w, padding, fmt, lanes):
 
 
 def rows(repeat, quick):
-    target = cpu.default_target()
-    lanes = vector_bits(target) // 32
+    options = kernel_options(cpu.default_target())
     rng = np.random.default_rng(0)
     result = []
     sparsities = SPARSITIES[::2] if quick else SPARSITIES
@@ -98,7 +97,7 @@ def rows(repeat, quick):
                     dense = time_module(dense_module(op, x_shape, w, padding), [x], repeat)
                 row = {"layer": label, "batch": batch, "sparsity": sparsity, "dense_ms": dense}
                 for fmt in sparse_gemm.FORMATS:
-                    ms = time_module(sparse_module(op, x_shape, w, padding, fmt, lanes), [x],
+                    ms = time_module(sparse_module(op, x_shape, w, padding, fmt, options), [x],
                                      repeat)
                     row[f"{fmt}_ms"] = ms
                     row[f"{fmt}_speedup"] = dense / ms

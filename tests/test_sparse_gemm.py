@@ -17,11 +17,13 @@ from mctvm.models import synthetic
 from mctvm.passes import lower_sparse_gemm
 from mctvm.targets import cpu
 
-from test_cpu_schedules import conv_ref
+from test_cpu_schedules import _has, conv_ref
 
 TARGET = cpu.default_target()
 CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host=TARGET)
 LANES = (16, 8)  # AVX-512 and AVX2 widths of int32 vectors (the BSR matmul block)
+# the pmaddwd kernels (pairs=True) run where the host has AVX2 (lanes 8) / AVX-512BW (16)
+PAIR_LANES = {8: _has("avx2"), 16: _has("avx512bw")}
 
 
 def _weight(rng, shape, sparsity, dtype):
@@ -72,6 +74,23 @@ def test_csr_and_bsr_formats_hold_the_weight():
     assert sparse_gemm.csr_rows(np.zeros((3, 5), "int8")).arrays[1].shape == (1,)
 
 
+def test_pair_formats_hold_the_weight():
+    rng = np.random.default_rng(1)
+    w = _weight(rng, (7, 11), 0.6, "int16")  # odd reduction: the last pair's high half is 0
+    pairs = sparse_gemm.pair_blocks(w)
+    dense = np.zeros((7, 12), np.int64)
+    for o in range(7):
+        for j in range(pairs.indptr[o], pairs.indptr[o + 1]):
+            packed = int(pairs.data[j]) & 0xFFFFFFFF
+            low, high = packed & 0xFFFF, packed >> 16
+            dense[o, 2 * pairs.indices[j]:2 * pairs.indices[j] + 2] = [
+                low - (low >> 15) * 0x10000, high - (high >> 15) * 0x10000]
+    np.testing.assert_array_equal(dense[:, :11], w)
+    csr = sparse_gemm.paired_csr(sparse_gemm.csr_rows(w))
+    assert csr.indices.shape == (int(csr.indptr[-1]), 2)
+    assert np.all(np.diff(csr.indptr) == (np.count_nonzero(w, axis=1) + 1) // 2)
+
+
 def test_data_takes_the_narrowest_type():
     assert sparse_gemm.csr_rows(np.array([[1, -128]], "int32")).data.dtype == np.int8
     assert sparse_gemm.csr_rows(np.array([[1, 300]], "int16")).data.dtype == np.int16
@@ -95,10 +114,12 @@ def test_matmul_matches_numpy(fmt, M, K, N, dtype):
         w[K // 2, :] = 0  # an all-zero input row
         a = _input(rng, (M, K), dtype)
         lanes = LANES[i % 2]
-        func, arrays = sparse_gemm.sparse_matmul((M, K), dtype, w, fmt, lanes=lanes, name="main")
+        pairs = i % 3 != 2 and PAIR_LANES[lanes]
+        func, arrays = sparse_gemm.sparse_matmul((M, K), dtype, w, fmt, lanes=lanes, pairs=pairs,
+                                                 name="main")
         got = _run(func, arrays, a, (M, N))
         np.testing.assert_array_equal(got, _exact(a.astype(np.int64) @ w.astype(np.int64)),
-                                      err_msg=f"{fmt} {sparsity} lanes={lanes}")
+                                      err_msg=f"{fmt} {sparsity} lanes={lanes} pairs={pairs}")
 
 
 def test_matmul_mixed_operand_types():
@@ -141,17 +162,19 @@ CONVS = [
 @pytest.mark.parametrize("B,C,O,H,W,k,s,p,d", CONVS)
 def test_conv2d_matches_numpy(fmt, B, C, O, H, W, k, s, p, d):
     rng = np.random.default_rng(B * 100 + C * 10 + O)
-    for dtype, sparsity in (("int16", 0.0), ("int8", 0.5), ("int16", 0.9), ("int8", 0.99),
-                            ("int16", 1.0)):
+    for i, (dtype, sparsity) in enumerate((("int16", 0.0), ("int8", 0.5), ("int16", 0.9),
+                                           ("int8", 0.99), ("int16", 1.0), ("int16", 0.7))):
         w = _weight(rng, (O, C, k, k), sparsity, dtype)
         w[O // 2] = 0  # an all-zero output channel
         x = _input(rng, (B, C, H, W), dtype)
+        lanes = LANES[i % 2]
+        pairs = i != 4 and PAIR_LANES[lanes]
         func, arrays = sparse_gemm.sparse_conv2d(x.shape, dtype, w, fmt, strides=(s, s),
                                                  padding=(p, p, p, p), dilation=(d, d),
-                                                 name="main")
+                                                 lanes=lanes, pairs=pairs, name="main")
         want = _exact(conv_ref(x, w, s, p, d))
         np.testing.assert_array_equal(_run(func, arrays, x, want.shape), want,
-                                      err_msg=f"{fmt} {dtype} {sparsity}")
+                                      err_msg=f"{fmt} {dtype} {sparsity} pairs={pairs}")
 
 
 def test_conv2d_asymmetric_padding_and_strides():

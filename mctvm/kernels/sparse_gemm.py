@@ -5,26 +5,29 @@ the kernel as constant arrays; activations are int8/int16 (any integer type work
 and sums are int32. Integer addition mod 2**32 is associative, so every kernel here gives the
 same bits as the dense int32 GEMM/conv, whatever the order of its sums.
 
-Formats, both by output channel (the weight's rows as `w_rows[out, reduction]`):
+Formats, by output channel (the weight's rows as `w_rows[out, reduction]`):
 
 - CSR: `indptr[O + 1]`, `indices[nnz]` (reduction index), `data[nnz]`;
 - BSR: blocks of `block` consecutive output channels x 1 reduction index: `indptr[O/block +
-  1]`, `indices[nnzb]`, `data[nnzb, block]`; a block is stored when any of its values is
-  nonzero. The block's values fill SIMD lanes (matmul: one register of int32) or share
-  each loaded activation vector (conv: `block` output channels at once).
+  1]`, `indices[nnzb]`, `data[nnzb, block]`; a block is stored when any value is nonzero.
+- with `pairs` (x86 with AVX2/AVX-512: pmaddwd, vpdpwssd with VNNI, multiplies int16 pairs
+  and adds them into int32 lanes): CSR takes a row's nonzeros two at a time (`paired_csr`:
+  indices [npairs, 2], the two values packed in one int32), and BSR uses blocks of 1 output
+  x 2 consecutive reduction indices (`pair_blocks`; conv: input channels 2c, 2c+1 at one
+  (kh, kw)) with the activations packed in int16 pairs the same way.
 
 `data` takes the narrowest of int8/int16/int32 that holds the values. For conv2d the indices
 are offsets into the zero-padded input of one sample, flattened: c*Hp*Wp + kh*dh*Wp + kw*dw.
 
 CPU kernels (parallel outer loop, vectorised inner loop, int32 accumulators in registers):
 
-- matmul CSR: the activations transposed to aT[k, m]; per output column, per tile of rows m,
-  acc[m] += data[j] * aT[indices[j], m] over the column's nonzeros (vector lanes along m);
-- matmul BSR: per block of output columns and tile of rows, acc[m, lanes] += a[m, k] *
-  data[j, lanes] (lanes along n);
-- conv2d: the input is zero-padded once per call; output positions q = oh*Wq + ow (Wq = Wp
-  for stride 1, so a nonzero's window is one contiguous vector run) in tiles; per output
-  channel (CSR) or block of channels (BSR), acc[q] += value * xp[offset + q].
+- matmul, more than one row: the activations transposed to aT[k, m] (pair-packed for pair
+  blocks); per output column, per tile of rows, acc[m] += value * aT[k, m] over the column's
+  nonzeros, rows m in the vector lanes. One row, BSR: per block of `lanes` output columns,
+  acc[lanes] += a[k] * data[j, lanes]; one row, CSR: a scalar dot product per column;
+- conv2d: the input zero-padded once per call; output positions q = oh*Wq + ow (Wq = Wp for
+  stride 1, so a nonzero's window is one contiguous vector run) in tiles; per output channel
+  (or block), acc[q] += value * xp[offset + q].
 
 CUDA kernels: one thread per output element, looping over its channel's nonzeros.
 Grouped convs are not handled here (they stay dense).
@@ -32,11 +35,12 @@ Grouped convs are not handled here (they stay dense).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["SparseWeight", "csr_rows", "bsr_rows", "matmul_kernel", "conv2d_kernel",
+__all__ = ["SparseWeight", "csr_rows", "bsr_rows", "paired_csr", "pair_blocks",
+           "matmul_kernel", "conv2d_kernel",
            "sparse_matmul", "sparse_conv2d", "FORMATS", "DEVICES", "CONV_BLOCK"]
 
 FORMATS = ("csr", "bsr")
@@ -56,6 +60,8 @@ class SparseWeight:
     indptr: np.ndarray  # int32[O/block + 1]
     indices: np.ndarray  # int32[nnz]: reduction index, or input offset for conv
     data: np.ndarray  # [nnz] (CSR) or [nnz, block] (BSR)
+    paired: bool = False  # CSR in pairs: indices [npairs, 2], data int32 = two int16 values
+    packed: bool = False  # BSR of 1 x 2 blocks (pair_blocks): data int32 = two int16 values
 
     @property
     def nnz(self) -> int:
@@ -106,6 +112,55 @@ def bsr_rows(w_rows: np.ndarray, block: int) -> SparseWeight:
                         _narrow(blocks[nb_idx, red_idx].reshape(-1, block)))
 
 
+def paired_csr(sparse: SparseWeight) -> SparseWeight:
+    """The nonzeros of each row of a CSR weight in pairs (an odd one out pairs with a zero):
+    indices [npairs, 2], data the two values as int16 halves of an int32 (low = first), the
+    operand of one pmaddwd / vpdpwssd step."""
+    counts = np.diff(sparse.indptr)
+    pairs = (counts + 1) // 2
+    indptr = np.zeros_like(sparse.indptr)
+    np.cumsum(pairs, out=indptr[1:])
+    indices = np.zeros((int(indptr[-1]) * 2,), np.int32)
+    values = np.zeros((int(indptr[-1]) * 2,), np.int16)
+    starts = np.repeat(indptr[:-1] * 2 - sparse.indptr[:-1], counts)
+    at = np.arange(sparse.nnz) + starts
+    indices[at] = sparse.indices
+    values[at] = sparse.data.astype(np.int16)
+    return SparseWeight("csr", sparse.outputs, 1, indptr, indices.reshape(-1, 2),
+                        _pack(values.reshape(-1, 2)), paired=True)
+
+
+def pair_blocks(w_rows: np.ndarray) -> SparseWeight:
+    """BSR of [outputs, reduction] int16-range values with blocks of 1 output x 2 consecutive
+    reduction indices (the reduction padded to even): `indices` the pair's index r (values
+    2r, 2r+1), `data` their two int16 values in an int32 (low = 2r). A kernel multiplies it
+    with the activations packed the same way: one pmaddwd (vpdpwssd) per SIMD vector."""
+    w_rows = np.asarray(w_rows)
+    outputs, reduction = w_rows.shape
+    padded = np.zeros((outputs, 2 * (-(-reduction // 2))), np.int16)
+    padded[:, :reduction] = w_rows
+    pairs = padded.reshape(outputs, -1, 2)
+    out_idx, pair_idx = np.nonzero(np.any(pairs != 0, axis=2))
+    indptr = np.zeros(outputs + 1, np.int32)
+    np.cumsum(np.bincount(out_idx, minlength=outputs), out=indptr[1:])
+    return SparseWeight("bsr", outputs, 1, indptr, pair_idx.astype(np.int32),
+                        _pack(pairs[out_idx, pair_idx]), packed=True)
+
+
+def _pack(pairs: np.ndarray) -> np.ndarray:
+    """int16 pairs [n, 2] -> int32 [n] (low half = first)."""
+    halves = np.ascontiguousarray(pairs, np.int16).view(np.uint16).astype(np.uint32)
+    return (halves[:, 0] | (halves[:, 1] << 16)).view(np.int32)
+
+
+def _fits_int16(weight) -> bool:
+    return weight.size == 0 or (weight.min() >= -32768 and weight.max() <= 32767)
+
+
+def _pairable(sparse, pairs):
+    return pairs and sparse.fmt == "csr" and sparse.data.dtype.itemsize <= 2
+
+
 def _make(w_rows, fmt, block):
     if fmt == "csr":
         return csr_rows(w_rows)
@@ -124,16 +179,24 @@ def _check_device(device):
 
 
 def sparse_matmul(a_shape, a_dtype, weight: np.ndarray, fmt: str, *, device="cpu", lanes=16,
-                  name=None):
+                  pairs=False, name=None):
     """(PrimFunc(a, indptr, indices, data, out), [indptr, indices, data]) for a @ weight,
-    weight int [K, N] constant, a [M, K]. `lanes`: int32 SIMD lanes (CPU; BSR block)."""
+    weight int [K, N] constant, a [M, K]. `lanes`: int32 SIMD lanes (CPU; BSR block).
+    `pairs` (x86 with AVX2 or AVX-512, lanes 8 or 16): CSR with more than one row takes its
+    nonzeros two at a time with pmaddwd (vpdpwssd with VNNI)."""
     _check_device(device)
     weight = np.asarray(weight)
     if weight.ndim != 2 or len(a_shape) != 2 or a_shape[1] != weight.shape[0]:
         raise ValueError(f"matmul needs a [M, K] and weight [K, N], got {a_shape} and "
                          f"{weight.shape}")
     block = 1 if fmt == "csr" else (lanes if device == "cpu" else 4)
-    sparse = _make(weight.T, fmt, block)
+    cpu_pairs = pairs and device == "cpu" and a_shape[0] > 1
+    if cpu_pairs and fmt == "bsr" and _fits_int16(weight):
+        sparse = pair_blocks(weight.T)
+    else:
+        sparse = _make(weight.T, fmt, block)
+    if cpu_pairs and _pairable(sparse, pairs):
+        sparse = paired_csr(sparse)
     func = matmul_kernel(tuple(int(d) for d in a_shape), str(a_dtype), weight.shape[0], sparse,
                          device=device, lanes=lanes, name=name)
     return func, sparse.arrays
@@ -147,6 +210,10 @@ def matmul_kernel(a_shape, a_dtype, K, sparse: SparseWeight, *, device="cpu", la
     args = (M, K, N, a_dtype, sparse, lanes)
     if device == "cuda":
         func = _matmul_cuda(*args)
+    elif sparse.paired:
+        func = _matmul_pairs_cpu(*args)
+    elif sparse.packed:
+        func = _matmul_pair_blocks_cpu(*args)
     elif sparse.fmt == "csr":
         func = _matmul_csr_cpu(*args)
     else:
@@ -191,6 +258,116 @@ def _matmul_csr_cpu(M, K, N, a_dtype, sparse, lanes):
                 for j in T.serial(indptr[n], indptr[n + 1]):
                     for i in T.vectorized(mt):
                         acc[i] = acc[i] + _i32(data[j]) * _i32(a_t[indices[j], t * mt + i])
+                for i in T.serial(mt):
+                    if t * mt + i < M:
+                        out[t * mt + i, n] = acc[i]
+
+    return kernel
+
+
+def _pmadd(acc, x1, x2, packed, lanes):
+    """acc + (x1 * low + x2 * high) per int32 lane: x1, x2 int16 vectors of `lanes`, packed
+    the int32 holding two int16 weights; one pmaddwd (+ add: vpdpwssd with VNNI)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    pairs = tirx.Shuffle([x1, x2], [v for i in range(lanes) for v in (i, i + lanes)])
+    return _pmadd_packed(acc, pairs, packed, lanes, interleaved=True)
+
+
+def _pmadd_packed(acc, pairs, packed, lanes, interleaved=False):
+    """acc + pmaddwd(pairs, packed): `pairs` int32xlanes holding int16 pairs (or, with
+    interleaved, int16x(2 lanes)), `packed` the int32 weight pair broadcast to every lane."""
+    from tvm.script import tirx as T
+
+    intrin = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}[lanes]
+    wide = f"int16x{2 * lanes}"
+    if not interleaved:
+        pairs = T.reinterpret(pairs, dtype=wide)
+    return acc + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(intrin), pairs,
+        T.reinterpret(T.broadcast(packed, lanes), dtype=wide), dtype=f"int32x{lanes}")
+
+
+def _pack_expr(x0, x1):
+    """Two int16-range values as the int32 of a pair (x0 low), as _pack does in numpy."""
+    from tvm.script import tirx as T
+
+    return T.bitwise_or(T.Cast("int32", T.Cast("uint16", T.Cast("int16", x0))),
+                        T.shift_left(T.Cast("int32", T.Cast("int16", x1)), 16))
+
+
+def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
+    from tvm.script import tirx as T
+
+    npairs = max(int(sparse.indptr[-1]), 1)
+    mt = 4 * lanes if M >= 4 * lanes else -(-M // lanes) * lanes  # rows per tile
+    tiles = -(-M // mt)
+    mp = tiles * mt
+    vec, wide = f"int16x{lanes}", f"int32x{lanes}"
+
+    @T.prim_func
+    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N + 1,), "int32"),
+               indices: T.Buffer((npairs, 2), "int32"), data: T.Buffer((npairs,), "int32"),
+               out: T.Buffer((M, N), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        a_t = T.alloc_buffer((K, mp), "int16")  # rows m in lanes; padding rows are zero
+        for k in T.parallel(K):
+            for m in T.serial(M):
+                a_t[k, m] = T.Cast("int16", a[m, k])
+            for m in T.serial(mp - M):
+                a_t[k, M + m] = T.int16(0)
+        for n in T.parallel(N):
+            for t in T.serial(tiles):
+                acc = T.alloc_buffer((mt,), "int32", scope="local")
+                for i in T.vectorized(mt):
+                    acc[i] = 0
+                for p in T.serial(indptr[n], indptr[n + 1]):
+                    for u in T.unroll(mt // lanes):
+                        acc[T.ramp(u * lanes, 1, lanes)] = _pmadd(
+                            acc.vload([u * lanes], wide),
+                            a_t.vload([indices[p, 0], t * mt + u * lanes], vec),
+                            a_t.vload([indices[p, 1], t * mt + u * lanes], vec), data[p], lanes)
+                for i in T.serial(mt):
+                    if t * mt + i < M:
+                        out[t * mt + i, n] = acc[i]
+
+    return kernel
+
+
+def _matmul_pair_blocks_cpu(M, K, N, a_dtype, sparse, lanes):
+    from tvm.script import tirx as T
+
+    nnz = max(sparse.nnz, 1)
+    k2 = -(-K // 2)
+    mt = 4 * lanes if M >= 4 * lanes else -(-M // lanes) * lanes  # rows per tile
+    tiles = -(-M // mt)
+    mp = tiles * mt
+    wide = f"int32x{lanes}"
+
+    @T.prim_func
+    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N + 1,), "int32"),
+               indices: T.Buffer((nnz,), "int32"), data: T.Buffer((nnz,), "int32"),
+               out: T.Buffer((M, N), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        # a2[r, m]: a[m, 2r] and a[m, 2r + 1] as int16 halves; rows m in lanes
+        a2 = T.alloc_buffer((k2, mp), "int32")
+        for r in T.parallel(k2):
+            for m in T.serial(M):
+                a2[r, m] = _pack_expr(a[m, 2 * r], T.if_then_else(
+                    2 * r + 1 < K, a[m, T.min(2 * r + 1, K - 1)], T.Cast(a_dtype, 0)))
+            for m in T.serial(mp - M):
+                a2[r, M + m] = 0
+        for n in T.parallel(N):
+            for t in T.serial(tiles):
+                acc = T.alloc_buffer((mt,), "int32", scope="local")
+                for i in T.vectorized(mt):
+                    acc[i] = 0
+                for j in T.serial(indptr[n], indptr[n + 1]):
+                    for u in T.unroll(mt // lanes):
+                        acc[T.ramp(u * lanes, 1, lanes)] = _pmadd_packed(
+                            acc.vload([u * lanes], wide),
+                            a2.vload([indices[j], t * mt + u * lanes], wide), data[j], lanes)
                 for i in T.serial(mt):
                     if t * mt + i < M:
                         out[t * mt + i, n] = acc[i]
@@ -335,10 +512,12 @@ class _ConvGeometry:
 
 
 def sparse_conv2d(x_shape, x_dtype, weight: np.ndarray, fmt: str, *, strides=(1, 1),
-                  padding=(0, 0, 0, 0), dilation=(1, 1), device="cpu", lanes=16, name=None):
+                  padding=(0, 0, 0, 0), dilation=(1, 1), device="cpu", lanes=16, pairs=False,
+                  name=None):
     """(PrimFunc(x, indptr, indices, data, out), [indptr, indices, data]) for an NCHW conv2d
     of x [B, C, H, W] with the constant OIHW int weight (groups = 1); out int32 NCHW.
-    padding is (top, left, bottom, right) as Relax's conv2d attrs give it."""
+    padding is (top, left, bottom, right) as Relax's conv2d attrs give it. `pairs` as in
+    sparse_matmul (CSR, stride 1)."""
     _check_device(device)
     weight = np.asarray(weight)
     if weight.ndim != 4 or len(x_shape) != 4 or weight.shape[1] != x_shape[1]:
@@ -350,8 +529,20 @@ def sparse_conv2d(x_shape, x_dtype, weight: np.ndarray, fmt: str, *, strides=(1,
     if min(geo.out_size) < 1:
         raise ValueError(f"conv2d output would be empty: {geo}")
     block = 1 if fmt == "csr" else CONV_BLOCK
-    sparse = _make(weight.reshape(weight.shape[0], -1), fmt, block)
-    sparse.indices = geo.offsets()[sparse.indices]
+    cpu_pairs = pairs and device == "cpu" and geo.flat
+    if cpu_pairs and fmt == "bsr" and _fits_int16(weight):
+        # channel pairs: blocks of 1 output x input channels (2c, 2c + 1) at one (kh, kw)
+        c2 = -(-geo.channels // 2)
+        padded = np.zeros((weight.shape[0], 2 * c2) + weight.shape[2:], weight.dtype)
+        padded[:, :geo.channels] = weight
+        sparse = pair_blocks(padded.reshape(weight.shape[0], c2, 2, *weight.shape[2:])
+                             .transpose(0, 1, 3, 4, 2).reshape(weight.shape[0], -1))
+        sparse.indices = replace(geo, channels=c2).offsets()[sparse.indices]
+    else:
+        sparse = _make(weight.reshape(weight.shape[0], -1), fmt, block)
+        sparse.indices = geo.offsets()[sparse.indices]
+    if cpu_pairs and _pairable(sparse, pairs):
+        sparse = paired_csr(sparse)
     func = conv2d_kernel(geo, str(x_dtype), sparse, device=device, lanes=lanes, name=name)
     return func, sparse.arrays
 
@@ -371,12 +562,14 @@ def _four(value) -> tuple:
 
 
 def conv2d_kernel(geo: _ConvGeometry, x_dtype, sparse: SparseWeight, *, device="cpu", lanes=16,
-                  name=None):
+                  name=None):  # pylint: disable=too-many-arguments
     """The PrimFunc(x, indptr, indices, data, out int32[B, O, OH, OW]) for `sparse` whose
     indices are padded-input offsets (see `sparse_conv2d`)."""
     _check_device(device)
     if device == "cuda":
         return _named(_conv_cuda(geo, x_dtype, sparse), name)
+    if sparse.packed:
+        return _named(_conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes), name)
     return _named(_conv_cpu(geo, x_dtype, sparse, lanes), name)
 
 
@@ -397,6 +590,12 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     S = geo.sample_size(qt)
     nnz, ddt = max(sparse.nnz, 1), str(sparse.data.dtype)
     data_shape = (nnz,) if bo == 1 else (nnz, bo)
+    x_store = "int16" if sparse.paired else x_dtype  # pmaddwd takes int16
+    vec, wide = f"int16x{lanes}", f"int32x{lanes}"
+    if sparse.paired:
+        index_shape, data_shape = (nnz, 2), (nnz,)
+    else:
+        index_shape = (nnz,)
 
     def read(xp, base, q):  # the input under output position q, from a window's offset
         if geo.flat:
@@ -406,40 +605,126 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     def value(data, j, o):
         return data[j] if bo == 1 else data[j, o]
 
+    @T.macro
+    def accumulate(xp, acc, indptr, indices, data, task, t):
+        if sparse.paired:
+            for p in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
+                for u in T.unroll(qt // lanes):
+                    acc[0, T.ramp(u * lanes, 1, lanes)] = _pmadd(
+                        acc.vload([0, u * lanes], wide),
+                        xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt + u * lanes], vec),
+                        xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt + u * lanes], vec),
+                        data[p], lanes)
+        else:
+            for j in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
+                for o in T.unroll(bo):
+                    for i in T.vectorized(qt):
+                        acc[o, i] = acc[o, i] + _i32(value(data, j, o)) * _i32(
+                            read(xp, (task // nblocks) * S + indices[j], t * qt + i))
+
     @T.prim_func
     def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((nblocks + 1,), "int32"),
-               indices: T.Buffer((nnz,), "int32"), data: T.Buffer(data_shape, ddt),
+               indices: T.Buffer(index_shape, "int32"), data: T.Buffer(data_shape, ddt),
                out: T.Buffer((B, O, OH, OW), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xp = T.alloc_buffer((B * S,), x_dtype)
+        xp = T.alloc_buffer((B * S,), x_store)
         for task in T.parallel(B * C):
             for h in T.serial(hp):
-                for w in T.serial(wp):
-                    xp[(task // C) * S + (task % C) * hp * wp + h * wp + w] = T.if_then_else(
-                        top <= h and h < top + H and left <= w and w < left + W,
-                        x[task // C, task % C, T.max(T.min(h - top, H - 1), 0),
-                          T.max(T.min(w - left, W - 1), 0)],
-                        T.Cast(x_dtype, 0))
+                if top <= h and h < top + H:
+                    for w in T.serial(left):
+                        xp[(task // C) * S + (task % C) * hp * wp + h * wp + w] = T.Cast(x_store, 0)
+                    for w in T.vectorized(W):
+                        xp[(task // C) * S + (task % C) * hp * wp + h * wp + left + w] = T.Cast(
+                            x_store, x[task // C, task % C, h - top, w])
+                    for w in T.serial(wp - left - W):
+                        xp[(task // C) * S + (task % C) * hp * wp + h * wp + left + W + w] = \
+                            T.Cast(x_store, 0)
+                else:
+                    for w in T.vectorized(wp):
+                        xp[(task // C) * S + (task % C) * hp * wp + h * wp + w] = T.Cast(x_store, 0)
         for b in T.parallel(B):
             for i in T.serial(S - C * hp * wp):
-                xp[b * S + C * hp * wp + i] = T.Cast(x_dtype, 0)
+                xp[b * S + C * hp * wp + i] = T.Cast(x_store, 0)
         for task in T.parallel(B * nblocks):
+            # the accumulators of every tile, rows of pitch wq, copied out row by row
+            res = T.alloc_buffer((bo, tiles * qt), "int32", scope="local")
             for t in T.serial(tiles):
                 acc = T.alloc_buffer((bo, qt), "int32", scope="local")
                 for o in T.unroll(bo):
                     for i in T.vectorized(qt):
                         acc[o, i] = 0
-                for j in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
-                    for o in T.unroll(bo):
-                        for i in T.vectorized(qt):
-                            acc[o, i] = acc[o, i] + _i32(value(data, j, o)) * _i32(
-                                read(xp, (task // nblocks) * S + indices[j], t * qt + i))
-                for o in T.serial(bo):
-                    for i in T.serial(qt):
-                        if ((task % nblocks) * bo + o < O and t * qt + i < L
-                                and (t * qt + i) % wq < OW):
-                            out[task // nblocks, (task % nblocks) * bo + o, (t * qt + i) // wq,
-                                (t * qt + i) % wq] = acc[o, i]
+                accumulate(xp, acc, indptr, indices, data, task, t)
+                for o in T.unroll(bo):
+                    for i in T.vectorized(qt):
+                        res[o, t * qt + i] = acc[o, i]
+            for o in T.serial(bo):
+                if (task % nblocks) * bo + o < O:
+                    for h in T.serial(OH):
+                        for w in T.vectorized(OW):
+                            out[task // nblocks, (task % nblocks) * bo + o, h, w] = \
+                                res[o, h * wq + w]
+
+    return kernel
+
+
+def _conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes):
+    from tvm.script import tirx as T
+
+    B, C, H, W, O = geo.batch, geo.channels, geo.height, geo.width, geo.out_channels
+    c2 = -(-C // 2)
+    pairs = replace(geo, channels=c2)  # the padded input as int32 channel pairs
+    hp, wp = geo.padded
+    top, left = geo.padding[0], geo.padding[1]
+    OH, OW = geo.out_size
+    L = geo.positions
+    qt = min(4 * lanes, -(-L // lanes) * lanes)  # positions per tile: 4 accumulator registers
+    tiles = -(-L // qt)
+    S = pairs.sample_size(qt)
+    nnz = max(sparse.nnz, 1)
+    wide = f"int32x{lanes}"
+
+    @T.prim_func
+    def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((O + 1,), "int32"),
+               indices: T.Buffer((nnz,), "int32"), data: T.Buffer((nnz,), "int32"),
+               out: T.Buffer((B, O, OH, OW), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xp = T.alloc_buffer((B * S,), "int32")
+        for task in T.parallel(B * c2):
+            for h in T.serial(hp):
+                if top <= h and h < top + H:
+                    for w in T.serial(left):
+                        xp[(task // c2) * S + (task % c2) * hp * wp + h * wp + w] = 0
+                    for w in T.vectorized(W):
+                        xp[(task // c2) * S + (task % c2) * hp * wp + h * wp + left + w] = \
+                            _pack_expr(x[task // c2, 2 * (task % c2), h - top, w], T.if_then_else(
+                                2 * (task % c2) + 1 < C,
+                                x[task // c2, T.min(2 * (task % c2) + 1, C - 1), h - top, w],
+                                T.Cast(x_dtype, 0)))
+                    for w in T.serial(wp - left - W):
+                        xp[(task // c2) * S + (task % c2) * hp * wp + h * wp + left + W + w] = 0
+                else:
+                    for w in T.vectorized(wp):
+                        xp[(task // c2) * S + (task % c2) * hp * wp + h * wp + w] = 0
+        for b in T.parallel(B):
+            for i in T.serial(S - c2 * hp * wp):
+                xp[b * S + c2 * hp * wp + i] = 0
+        for task in T.parallel(B * O):
+            res = T.alloc_buffer((tiles * qt,), "int32", scope="local")
+            for t in T.serial(tiles):
+                acc = T.alloc_buffer((qt,), "int32", scope="local")
+                for i in T.vectorized(qt):
+                    acc[i] = 0
+                for j in T.serial(indptr[task % O], indptr[task % O + 1]):
+                    for u in T.unroll(qt // lanes):
+                        acc[T.ramp(u * lanes, 1, lanes)] = _pmadd_packed(
+                            acc.vload([u * lanes], wide),
+                            xp.vload([(task // O) * S + indices[j] + t * qt + u * lanes], wide),
+                            data[j], lanes)
+                for i in T.vectorized(qt):
+                    res[t * qt + i] = acc[i]
+            for h in T.serial(OH):
+                for w in T.vectorized(OW):
+                    out[task // O, task % O, h, w] = res[h * wp + w]
 
     return kernel
 

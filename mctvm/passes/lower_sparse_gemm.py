@@ -30,6 +30,17 @@ CROSSOVER = {
 }
 
 
+def kernel_options(target) -> dict:
+    """The sparse kernels' device, vector width (int32 lanes) and pair path for `target`."""
+    if target.kind.name == "cuda":
+        return {"device": "cuda", "lanes": 1, "pairs": False}
+    from ..targets.cpu_schedules import _is_x86, vector_bits
+
+    bits = vector_bits(target)
+    return {"device": "cpu", "lanes": max(4, bits // 32),
+            "pairs": _is_x86(target) and bits in (256, 512)}
+
+
 def integer_gemm(call) -> str | None:
     """'matmul' or 'conv2d' for an int32-accumulating GEMM/conv of integer operands with a
     constant weight that the sparse kernels handle (conv: NCHW/OIHW, groups 1), else None."""
@@ -79,10 +90,11 @@ def format_sparsity(kind: str, weight: np.ndarray, fmt: str, lanes: int) -> floa
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, layers, mode, device, lanes):
+    def __init__(self, mod, layers, mode, options):
         super().__init__(mod)
         self.layers = iter(layers)
-        self.mode, self.device, self.lanes = mode, device, lanes
+        self.mode, self.options = mode, options
+        self.device, self.lanes = options["device"], options["lanes"]
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -107,14 +119,14 @@ class _Lowerer(relax.PyExprMutator):
             if len(shape) > 2:
                 lhs = self.builder_.emit(relax.op.reshape(lhs, [rows, shape[-1]]))
             func, arrays = sparse_gemm.sparse_matmul((rows, shape[-1]), dtype, weight, fmt,
-                                                     device=self.device, lanes=self.lanes)
+                                                     **self.options)
             out = [rows, weight.shape[1]]
         else:
             a = call.attrs
             func, arrays = sparse_gemm.sparse_conv2d(
                 shape, dtype, weight, fmt, strides=[int(s) for s in a.strides],
                 padding=[int(p) for p in a.padding], dilation=[int(d) for d in a.dilation],
-                device=self.device, lanes=self.lanes)
+                **self.options)
             out = [int(d) for d in call.ty.shape]
         gvar = self.builder_.add_func(func, f"mcq_{fmt}_{kind}_{layer['index']}")
         result = relax.call_tir(gvar, [lhs] + [relax.const(x) for x in arrays],
@@ -129,10 +141,10 @@ class LowerSparseGEMM:
     """Pick dense, CSR or BSR per integer GEMM/conv (`mode` "auto" uses CROSSOVER; on CUDA,
     where nothing was measured, "auto" keeps dense) and record it as layer["gemm_kernel"]."""
 
-    def __init__(self, mode="auto", device="cpu", lanes=16):
+    def __init__(self, mode, target):
         if mode not in MODES:
             raise ValueError(f"sparse mode must be one of {MODES}, got {mode!r}")
-        self.mode, self.device, self.lanes = mode, device, lanes
+        self.mode, self.options = mode, kernel_options(target)
 
     def transform_module(self, mod, _ctx):
         layers = read_layers(mod)
@@ -140,7 +152,7 @@ class LowerSparseGEMM:
                    if layer["K_weights"] is not None and layer["K_activations"] is not None]
         if not integer:
             return mod
-        lowerer = _Lowerer(mod, integer, self.mode, self.device, self.lanes)
+        lowerer = _Lowerer(mod, integer, self.mode, self.options)
         func = lowerer.visit_expr(mod["main"])
         lowerer.builder_.update_func(mod.get_global_var("main"), func)
         return write_layers(lowerer.builder_.get(), layers)

@@ -37,7 +37,7 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
             ("mcq-activations", [InsertActivationSampling(mcq, _device(target)),
                                  relax.transform.DeadCodeElimination()]),
             # Integer GEMM/convs on sparse weights: dense, CSR or BSR kernels per layer.
-            ("mcq-sparse", [LowerSparseGEMM(mcq.sparse, _device(target), _lanes(target))]),
+            ("mcq-sparse", [LowerSparseGEMM(mcq.sparse, target)]),
         ]
     if float_format is not None:
         # Quantized floating point: GEMM/conv operands rounded to (E, M) bits.
@@ -50,13 +50,6 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
 
 def _device(target) -> str:
     return "cuda" if target.kind.name == "cuda" else "cpu"
-
-
-def _lanes(target) -> int:
-    """int32 SIMD lanes of a CPU target (the sparse kernels' vector width)."""
-    from ..targets.cpu_schedules import vector_bits
-
-    return vector_bits(target) // 32 if target.kind.name == "llvm" else 1
 
 
 def lowering_phase(target, tuned=()) -> tuple:
