@@ -183,19 +183,20 @@ def relax_gemms():
     return bb.get()
 
 
+def build_gemms(arch):
+    target = cuda.complete_target({"kind": "cuda", "arch": arch})
+    with target:
+        mod = tvm.ir.transform.Sequential(cuda.lowering_passes(target))(relax_gemms())
+        return cuda.build(mod, target)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_int8_gemms_compile_to_dp4a(arch, tmp_path):
     nvcc = nvcc_for(arch)
     if nvcc is None:
         pytest.skip(f"no nvcc supporting {arch} (CUDA 13 dropped sm_70; set MCTVM_TEST_NVCC "
                     "to a CUDA 12 nvcc, e.g. from the nvidia-cuda-nvcc-cu12 wheel)")
-    if shutil.which("nvcc") != nvcc:
-        pytest.skip("the build compiles with the nvcc on PATH, which does not support " + arch)
-    target = cuda.complete_target({"kind": "cuda", "arch": arch})
-    with target:
-        mod = tvm.ir.transform.Sequential(cuda.lowering_passes(target))(relax_gemms())
-        _, sources = cuda.build(mod, target)
-    source = sources["cuda"]
+    source = build_gemms(arch)[1]["cuda"]
     gemm_kernels = re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?"
                               r"(fused_(?:matmul|conv2d)\w*)\(", source)
     assert len(set(gemm_kernels)) == len(CASES)
@@ -230,3 +231,15 @@ def test_export_holds_compiled_device_code(vgg_int8, tmp_path):
     assert b"__global__" not in data and b"__dp4a" not in data  # no CUDA source
     loaded = cuda.device_modules(tvm.runtime.load_module(str(tmp_path / "vgg.so")))
     assert len(loaded) == 1 and "__global__" not in loaded[0].inspect_source()
+
+
+@pytest.mark.skipif(not shutil.which("nvcc") or cuda.nvcc_supports("sm_70"),
+                    reason="needs an nvcc that does not support sm_70 (CUDA 13)")
+def test_arch_nvcc_dropped_keeps_the_source(tmp_path):
+    cuda.load_cuda_runtime()  # as after an earlier build: TVM would compile at build time
+    executable, sources = build_gemms("sm_70")
+    assert "__dp4a(" in sources["cuda"]
+    executable.export_library(str(tmp_path / "sm70.so"))
+    data = (tmp_path / "sm70.so").read_bytes()
+    assert b"__global__" in data and FATBIN_MAGIC not in data
+    assert "TVM_COMPILE_FORCE_FALLBACK" not in os.environ

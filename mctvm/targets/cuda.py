@@ -55,25 +55,58 @@ def device(target):
 def build(mod, target):
     """Build, and keep the generated CUDA source for inspection.
 
-    Where nvcc is installed, the kernels are compiled at build time into a fatbin for
-    `arch` (SASS, plus PTX for newer GPUs), which is what `export_library` writes. TVM does
-    that only when its CUDA runtime library is loaded, and that library needs the driver
-    library libcuda.so.1: without a driver, `load_cuda_runtime` stands a stub in for it.
-    Without nvcc (or a C compiler for the stub), the program keeps the CUDA source instead,
-    compiled when the exported library is loaded on a GPU host.
+    Where nvcc is installed and supports `arch`, the kernels are compiled at build time into
+    a fatbin for it (SASS, plus PTX for newer GPUs), which is what `export_library` writes.
+    TVM does that only when its CUDA runtime library is loaded, and that library needs the
+    driver library libcuda.so.1: without a driver, `load_cuda_runtime` stands a stub in for
+    it. Otherwise (no nvcc, an arch it dropped such as sm_70 for CUDA 13, no C compiler for
+    the stub) the program keeps the CUDA source, compiled when the exported library is
+    loaded on a GPU host.
     """
-    import shutil
+    import os
 
     import tvm
 
-    if shutil.which("nvcc") and load_cuda_runtime():
+    compile_here = nvcc_supports(str(target.attrs["arch"])) and load_cuda_runtime()
+    if compile_here:
         import tvm_ffi
 
         tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile_with_nvcc,
                                      override=True)
-    executable = tvm.compile(mod, target=target, relax_pipeline=None)
+    # with the stub loaded, TVM would compile anyway: ask for its source module instead
+    keep_source = not compile_here and _STUB_LOADED
+    saved = os.environ.get(_FORCE_SOURCE)
+    if keep_source:
+        os.environ[_FORCE_SOURCE] = "1"
+    try:
+        executable = tvm.compile(mod, target=target, relax_pipeline=None)
+    finally:
+        if keep_source:
+            if saved is None:
+                del os.environ[_FORCE_SOURCE]
+            else:
+                os.environ[_FORCE_SOURCE] = saved
     source = "\n".join(m.inspect_source() for m in device_modules(executable.mod))
     return executable, {"cuda": source}
+
+
+# TVM builds a CUDA module that keeps the source (as without its CUDA runtime) when set.
+_FORCE_SOURCE = "TVM_COMPILE_FORCE_FALLBACK"
+_NVCC_ARCHS: list = []
+
+
+def nvcc_supports(arch: str) -> bool:
+    """Whether the nvcc on PATH compiles for `arch` (sm_XX)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvcc"):
+        return False
+    if not _NVCC_ARCHS:
+        listed = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True,
+                                check=False).stdout.split()
+        _NVCC_ARCHS.extend(listed or [""])
+    return "compute_" + arch.removeprefix("sm_") in _NVCC_ARCHS
 
 
 def _compile_with_nvcc(code):
@@ -103,6 +136,9 @@ STUB(cuDeviceGetName) STUB(cuFuncSetAttribute) STUB(cuLaunchKernelEx)
 STUB(cuModuleGetFunction) STUB(cuModuleLoadData) STUB(cuModuleUnload)
 STUB(cuTensorMapEncodeTiled)
 """
+
+
+_STUB_LOADED = False
 
 
 def load_cuda_runtime() -> bool:
@@ -139,6 +175,8 @@ def load_cuda_runtime() -> bool:
             if built.returncode != 0:
                 return False
             ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+        global _STUB_LOADED  # pylint: disable=global-statement
+        _STUB_LOADED = True
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     try:
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
