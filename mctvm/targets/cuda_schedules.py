@@ -40,6 +40,9 @@ _MICRO_I, _MICRO_J = 4, 4
 # K elements per shared-memory tile (a multiple of 4: whole dp4a groups).
 _TILE_K = 16
 _UNROLL = 256
+# Shared tile row stride in bytes: _TILE_K plus one 4-byte bank. The 16 threads along J read
+# rows _MICRO_J apart: 2-way bank conflicts with it, 8-way without.
+_ROW_BYTES = _TILE_K + 4
 
 
 def rules() -> list:
@@ -215,6 +218,8 @@ class IntegerGemm(ScheduleRule):
             _, f_ti, f_tj = sch.split(fused, [None, threads_i, threads_j])
             sch.bind(f_ti, "threadIdx.y")
             sch.bind(f_tj, "threadIdx.x")
+            # rows _ROW_BYTES apart: 4-byte aligned for dp4a, on different banks
+            sch.storage_align(fetch, 0, axis=1, factor=2 * _ROW_BYTES, offset=_ROW_BYTES)
             auto_inline_producers(sch, fetch)  # reindex (im2col), padding, casts
         auto_inline_consumer_chain(sch, write_back)  # cast, rescale, bias, activation
 
