@@ -23,9 +23,11 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
     """Graph-level phases, run on the imported fp32 Relax module. `mcq` is MCQOptions or None;
     `mca` and `float_format` the keyword arguments of InsertMCANoise / RoundToFloatFormat."""
     phases = [
-        # Clean up after import: fold Gemm's transposes and other constant sub-graphs into
-        # the weights, so that each GEMM/conv sees its final constant operand.
-        ("simplify", [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]),
+        # Clean up after import: fold inference BatchNorm into the conv before it, Gemm's
+        # transposes and other constant sub-graphs into the weights, so that each GEMM/conv
+        # sees its final constant operand (and MCQ samples the weights that really run).
+        ("simplify", [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(),
+                      relax.transform.DeadCodeElimination()]),
     ]
     if mcq is not None:
         phases += [
@@ -45,6 +47,9 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
     if mca is not None:
         # Monte Carlo Arithmetic: inexact() around GEMM/convs and on the outputs (MCDA).
         phases.append(("mca-noise", [InsertMCANoise(**mca)]))
+    # exp, erf, tanh and softmax as TVM's vectorisable polynomial forms (about 1e-7 relative
+    # error), not scalar libm calls: GELU and attention run in SIMD lanes.
+    phases.append(("fast-math", [relax.transform.FastMathTransform()]))
     return phases
 
 
