@@ -1,4 +1,4 @@
-"""CUDA target: architecture, dlight-scheduled lowering, generated source, device."""
+"""CUDA target: architecture, scheduled lowering, nvcc-compiled device code, device."""
 
 from __future__ import annotations
 
