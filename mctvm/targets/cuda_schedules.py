@@ -6,8 +6,8 @@ ahead of dlight's: it recognises one multiply-accumulate reduction block with in
 operands and an int32 accumulator by structure (matmul, dense, batch matmul, conv2d NCHW
 through dlight's ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` normalisation: for conv2d, A is
 the im2col of the padded input and K = (in channels, kh, kw)), pads I, J, K to the tile
-sizes and tiles it to blocks and threads, with A and B tiles in shared memory and a 4 x 4
-register tile of accumulators per thread. With int8 operands the innermost 4 elements of K
+sizes and tiles it to blocks and threads, with A and B tiles in shared memory (rows padded
+against bank conflicts) and up to 4 x 4 accumulators in registers per thread. With int8 operands the innermost 4 elements of K
 are one ``__dp4a`` (a tensor intrinsic registered here); int16 operands keep a plain
 multiply-add. The epilogue (cast to float, per-sample rescale, bias, activation) is inlined
 into the write-back of the accumulators. Anything else returns None (the next rule's turn).
@@ -40,9 +40,10 @@ _MICRO_I, _MICRO_J = 4, 4
 # K elements per shared-memory tile (a multiple of 4: whole dp4a groups).
 _TILE_K = 16
 _UNROLL = 256
-# Shared tile row stride in bytes: _TILE_K plus one 4-byte bank. The 16 threads along J read
-# rows _MICRO_J apart: 2-way bank conflicts with it, 8-way without.
-_ROW_BYTES = _TILE_K + 4
+# Shared tile row stride in elements: _TILE_K plus 4 (int8: one 4-byte bank, keeping dp4a's
+# loads aligned). The 16 threads along J read rows _MICRO_J apart: 2-way bank conflicts with
+# it, 8-way without.
+_ROW_STRIDE = _TILE_K + 4
 
 
 def rules() -> list:
@@ -218,8 +219,7 @@ class IntegerGemm(ScheduleRule):
             _, f_ti, f_tj = sch.split(fused, [None, threads_i, threads_j])
             sch.bind(f_ti, "threadIdx.y")
             sch.bind(f_tj, "threadIdx.x")
-            # rows _ROW_BYTES apart: 4-byte aligned for dp4a, on different banks
-            sch.storage_align(fetch, 0, axis=1, factor=2 * _ROW_BYTES, offset=_ROW_BYTES)
+            sch.storage_align(fetch, 0, axis=1, factor=2 * _ROW_STRIDE, offset=_ROW_STRIDE)
             auto_inline_producers(sch, fetch)  # reindex (im2col), padding, casts
         auto_inline_consumer_chain(sch, write_back)  # cast, rescale, bias, activation
 
