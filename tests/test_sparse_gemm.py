@@ -309,12 +309,15 @@ def test_choose_follows_the_crossover_table(monkeypatch):
     w = np.zeros((64, 32), "int8")
     w[:2] = 1  # 97% zeros
     monkeypatch.setattr(lower_sparse_gemm, "CROSSOVER",
-                        {("matmul", "csr", 1): 0.9, ("matmul", "bsr", 1): None})
-    assert lower_sparse_gemm.choose("matmul", w, 1, "auto", 16) == "csr"
-    assert lower_sparse_gemm.choose("matmul", w, 64, "auto", 16) == "dense"
-    assert lower_sparse_gemm.choose("matmul", np.ones_like(w), 1, "auto", 16) == "dense"
-    assert lower_sparse_gemm.choose("matmul", np.ones_like(w), 1, "bsr", 16) == "bsr"
-    assert lower_sparse_gemm.format_sparsity("matmul", w, "bsr", 16) == pytest.approx(62 / 64)
+                        {("conv2d", "csr", 1): 0.9, ("conv2d", "bsr", 1): 0.5,
+                         ("conv2d", "csr", 64): 0.95, ("conv2d", "bsr", 64): None})
+    choose = lower_sparse_gemm.choose
+    assert choose("conv2d", w, 1, "auto") == "bsr"  # 0.97 - 0.5 > 0.97 - 0.9
+    assert choose("conv2d", w, 64, "auto") == "csr"
+    assert choose("conv2d", w, 64, "auto", measured=False) == "dense"
+    assert choose("matmul", w, 1, "auto") == "dense"  # not in the table
+    assert choose("conv2d", np.ones_like(w), 1, "auto") == "dense"
+    assert choose("conv2d", np.ones_like(w), 1, "bsr") == "bsr"
 
 
 def test_bad_sparse_option_is_a_clear_error(model):

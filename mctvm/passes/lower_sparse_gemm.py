@@ -13,20 +13,22 @@ from .plan_mcq_layers import read_layers, write_layers
 
 MODES = ("auto", "dense") + sparse_gemm.FORMATS
 
-# Weight sparsity (CSR: zero values; BSR: zero blocks) above which the sparse kernel ran
+# Weight sparsity (fraction of zero values, unstructured) from which on the sparse kernel ran
 # faster than the dense integer kernel (the default CPU schedule), per (op, format, batch 1 or
-# more). Measured by bench/bench_sparse.py (int16 activations, the built-in VGG-7's largest
-# layers) on an Intel Xeon (rocketlake, AVX-512 + VNNI), 2 cores, TVM 0.27. None: the sparse
-# kernel never won there. Other CPUs will differ; force a format with sparse="csr"/"bsr".
+# more: measured at 64); the highest over the layers measured. Measured by
+# bench/bench_sparse.py (int16 activations; the built-in VGG-7's 1152->256 dense layer and
+# its 128->128 7x7 and 32->32 28x28 stride-1 convs) on an Intel Xeon (LLVM: rocketlake,
+# AVX-512 + VNNI), 2 cores shared with other jobs, TVM 0.27. None: the sparse kernel never
+# won there. Other CPUs will differ; force a format with sparse="csr" / "bsr".
 CROSSOVER = {
     ("matmul", "csr", 1): None,
-    ("matmul", "bsr", 1): None,
-    ("matmul", "csr", 64): None,
-    ("matmul", "bsr", 64): None,
-    ("conv2d", "csr", 1): None,
-    ("conv2d", "bsr", 1): None,
-    ("conv2d", "csr", 64): None,
-    ("conv2d", "bsr", 64): None,
+    ("matmul", "bsr", 1): 0.99,
+    ("matmul", "csr", 64): 0.99,
+    ("matmul", "bsr", 64): 0.99,
+    ("conv2d", "csr", 1): 0.8,
+    ("conv2d", "bsr", 1): 0.9,
+    ("conv2d", "csr", 64): 0.8,
+    ("conv2d", "bsr", 64): 0.8,
 }
 
 
@@ -61,31 +63,19 @@ def integer_gemm(call) -> str | None:
     return kind if int(a.groups) == 1 and layouts == ("NCHW", "OIHW", "NCHW") else None
 
 
-def choose(kind: str, weight: np.ndarray, batch: int, mode: str, lanes: int) -> str:
-    """'dense', 'csr' or 'bsr' for this weight: `mode` unless "auto", then the format whose
-    sparsity lies furthest past its CROSSOVER (dense when none does)."""
+def choose(kind: str, weight: np.ndarray, batch: int, mode: str, measured: bool = True) -> str:
+    """'dense', 'csr' or 'bsr' for this weight: `mode` unless "auto"; then the format whose
+    crossover the weight's sparsity (fraction of zero values) passes by the most, dense when
+    none is passed or the layer is not of the measured kind (`measured`: stride-1 conv)."""
     if mode != "auto":
         return mode
+    sparsity = float(np.mean(weight == 0)) if weight.size else 1.0
     best, margin = "dense", 0.0
     for fmt in sparse_gemm.FORMATS:
         crossover = CROSSOVER.get((kind, fmt, 1 if batch == 1 else 64))
-        if crossover is None:
-            continue
-        past = format_sparsity(kind, weight, fmt, lanes) - crossover
-        if past > margin:
-            best, margin = fmt, past
+        if crossover is not None and measured and sparsity - crossover > margin:
+            best, margin = fmt, sparsity - crossover
     return best
-
-
-def format_sparsity(kind: str, weight: np.ndarray, fmt: str, lanes: int) -> float:
-    """The fraction of the weight a kernel skips: zero values (CSR) or zero blocks (BSR)."""
-    rows = weight.T if kind == "matmul" else weight.reshape(weight.shape[0], -1)
-    if rows.size == 0:
-        return 1.0
-    if fmt == "csr":
-        return float(np.mean(rows == 0))
-    sparse = sparse_gemm.bsr_rows(rows, lanes if kind == "matmul" else sparse_gemm.CONV_BLOCK)
-    return 1.0 - sparse.nnz / ((sparse.indptr.shape[0] - 1) * rows.shape[1])
 
 
 @relax.expr_functor.mutator
@@ -94,7 +84,6 @@ class _Lowerer(relax.PyExprMutator):
         super().__init__(mod)
         self.layers = iter(layers)
         self.mode, self.options = mode, options
-        self.device, self.lanes = options["device"], options["lanes"]
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -106,8 +95,9 @@ class _Lowerer(relax.PyExprMutator):
             raise ValueError(f"integer {kind} does not match the next MCQ layer {layer}")
         lhs, weight = call.args[0], call.args[1].value.numpy()
         shape = [int(d) for d in lhs.ty.shape]
-        mode = "dense" if self.mode == "auto" and self.device != "cpu" else self.mode
-        layer["gemm_kernel"] = choose(kind, weight, shape[0], mode, self.lanes)
+        mode = "dense" if self.mode == "auto" and self.options["device"] != "cpu" else self.mode
+        measured = kind == "matmul" or [int(s) for s in call.attrs.strides] == [1, 1]
+        layer["gemm_kernel"] = choose(kind, weight, shape[0], mode, measured)
         if layer["gemm_kernel"] == "dense":
             return call
         return self._sparse(call, kind, lhs, shape, weight, layer)
