@@ -36,11 +36,12 @@ def kernel_options(target) -> dict:
     """The sparse kernels' device, vector width (int32 lanes) and pair path for `target`."""
     if target.kind.name == "cuda":
         return {"device": "cuda", "lanes": 1, "pairs": False}
-    from ..targets.cpu_schedules import _is_x86, vector_bits
+    from ..targets.cpu_schedules import _x86_features, vector_bits
 
     bits = vector_bits(target)
-    return {"device": "cpu", "lanes": max(4, bits // 32),
-            "pairs": _is_x86(target) and bits in (256, 512)}
+    # pmaddwd on 512-bit vectors needs AVX-512BW; on 256-bit ones AVX2
+    pairs = _x86_features(target, "avx512bw" if bits == 512 else "avx2") and bits in (256, 512)
+    return {"device": "cpu", "lanes": max(4, bits // 32), "pairs": bool(pairs)}
 
 
 def integer_gemm(call) -> str | None:
