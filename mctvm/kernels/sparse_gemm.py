@@ -289,6 +289,28 @@ def _pmadd_packed(acc, pairs, packed, lanes, interleaved=False):
         T.reinterpret(T.broadcast(packed, lanes), dtype=wide), dtype=f"int32x{lanes}")
 
 
+def _unpack(x1, x2, half, lanes):
+    """Words of x1 and x2 (int16 x 2 lanes) interleaved within each 128-bit lane: the low
+    four of each lane (half 0: vpunpcklwd) or the high four (half 1: vpunpckhwd)."""
+    from tvm import tirx
+
+    n = 2 * lanes
+    return tirx.Shuffle([x1, x2], [i for lane in range(n // 8) for k in range(4)
+                                   for i in (8 * lane + 4 * half + k, n + 8 * lane + 4 * half + k)])
+
+
+def _unpacked_order(lo, hi, half, lanes):
+    """Positions [half * lanes, (half + 1) * lanes) of a group back in order from its two
+    accumulators: lo lane 4L + k holds position 8L + k, hi lane 4L + k position 8L + 4 + k."""
+    from tvm import tirx
+
+    order = []
+    for p in range(half * lanes, (half + 1) * lanes):
+        lane, k = divmod(p, 8)
+        order.append(4 * lane + k if k < 4 else lanes + 4 * lane + k - 4)
+    return tirx.Shuffle([lo, hi], order)
+
+
 def _pack_expr(x0, x1):
     """Two int16-range values as the int32 of a pair (x0 low), as _pack does in numpy."""
     from tvm.script import tirx as T
@@ -585,12 +607,14 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     bo = sparse.block
     nblocks = sparse.indptr.shape[0] - 1
     qt = 2 * lanes if bo > 1 else 4 * lanes  # positions per tile: 8 or 4 accumulator registers
-    qt = min(qt, -(-L // lanes) * lanes)
+    step = 2 * lanes if sparse.paired else lanes  # paired: groups of 2 lanes positions
+    qt = min(qt, -(-L // step) * step)
     tiles = -(-L // qt)
     S = geo.sample_size(qt)
     nnz, ddt = max(sparse.nnz, 1), str(sparse.data.dtype)
     data_shape = (nnz,) if bo == 1 else (nnz, bo)
     x_store = "int16" if sparse.paired else x_dtype  # pmaddwd takes int16
+    group = f"int16x{2 * lanes}"
     vec, wide = f"int16x{lanes}", f"int32x{lanes}"
     if sparse.paired:
         index_shape, data_shape = (nnz, 2), (nnz,)
@@ -608,13 +632,24 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     @T.macro
     def accumulate(xp, acc, indptr, indices, data, task, t):
         if sparse.paired:
+            # per group of 2 lanes positions: the two windows interleaved in 128-bit lanes
+            # (unpack low / high words), accumulators in that order (see _unpacked_order)
             for p in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
-                for u in T.unroll(qt // lanes):
-                    acc[0, T.ramp(u * lanes, 1, lanes)] = _pmadd(
-                        acc.vload([0, u * lanes], wide),
-                        xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt + u * lanes], vec),
-                        xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt + u * lanes], vec),
-                        data[p], lanes)
+                for g in T.unroll(qt // (2 * lanes)):
+                    acc[0, T.ramp(2 * g * lanes, 1, lanes)] = _pmadd_packed(
+                        acc.vload([0, 2 * g * lanes], wide),
+                        _unpack(xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt
+                                          + g * 2 * lanes], group),
+                                xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt
+                                          + g * 2 * lanes], group), 0, lanes),
+                        data[p], lanes, interleaved=True)
+                    acc[0, T.ramp((2 * g + 1) * lanes, 1, lanes)] = _pmadd_packed(
+                        acc.vload([0, (2 * g + 1) * lanes], wide),
+                        _unpack(xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt
+                                          + g * 2 * lanes], group),
+                                xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt
+                                          + g * 2 * lanes], group), 1, lanes),
+                        data[p], lanes, interleaved=True)
         else:
             for j in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
                 for o in T.unroll(bo):
@@ -654,9 +689,18 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
                     for i in T.vectorized(qt):
                         acc[o, i] = 0
                 accumulate(xp, acc, indptr, indices, data, task, t)
-                for o in T.unroll(bo):
-                    for i in T.vectorized(qt):
-                        res[o, t * qt + i] = acc[o, i]
+                if sparse.paired:
+                    for g in T.unroll(qt // (2 * lanes)):
+                        res[0, T.ramp(t * qt + 2 * g * lanes, 1, lanes)] = _unpacked_order(
+                            acc.vload([0, 2 * g * lanes], wide),
+                            acc.vload([0, (2 * g + 1) * lanes], wide), 0, lanes)
+                        res[0, T.ramp(t * qt + (2 * g + 1) * lanes, 1, lanes)] = _unpacked_order(
+                            acc.vload([0, 2 * g * lanes], wide),
+                            acc.vload([0, (2 * g + 1) * lanes], wide), 1, lanes)
+                else:
+                    for o in T.unroll(bo):
+                        for i in T.vectorized(qt):
+                            res[o, t * qt + i] = acc[o, i]
             for o in T.serial(bo):
                 if (task % nblocks) * bo + o < O:
                     for h in T.serial(OH):
