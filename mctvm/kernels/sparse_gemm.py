@@ -323,10 +323,11 @@ def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
     from tvm.script import tirx as T
 
     npairs = max(int(sparse.indptr[-1]), 1)
-    mt = 4 * lanes if M >= 4 * lanes else -(-M // lanes) * lanes  # rows per tile
+    step = 2 * lanes  # rows interleave in groups of 2 lanes (see _unpack)
+    mt = 4 * lanes if M >= 4 * lanes else -(-M // step) * step  # rows per tile
     tiles = -(-M // mt)
     mp = tiles * mt
-    vec, wide = f"int16x{lanes}", f"int32x{lanes}"
+    group, wide = f"int16x{step}", f"int32x{lanes}"
 
     @T.prim_func
     def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N + 1,), "int32"),
@@ -345,14 +346,28 @@ def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
                 for i in T.vectorized(mt):
                     acc[i] = 0
                 for p in T.serial(indptr[n], indptr[n + 1]):
-                    for u in T.unroll(mt // lanes):
-                        acc[T.ramp(u * lanes, 1, lanes)] = _pmadd(
-                            acc.vload([u * lanes], wide),
-                            a_t.vload([indices[p, 0], t * mt + u * lanes], vec),
-                            a_t.vload([indices[p, 1], t * mt + u * lanes], vec), data[p], lanes)
+                    for g in T.unroll(mt // step):
+                        acc[T.ramp(2 * g * lanes, 1, lanes)] = _pmadd_packed(
+                            acc.vload([2 * g * lanes], wide),
+                            _unpack(a_t.vload([indices[p, 0], t * mt + g * step], group),
+                                    a_t.vload([indices[p, 1], t * mt + g * step], group), 0,
+                                    lanes), data[p], lanes, interleaved=True)
+                        acc[T.ramp((2 * g + 1) * lanes, 1, lanes)] = _pmadd_packed(
+                            acc.vload([(2 * g + 1) * lanes], wide),
+                            _unpack(a_t.vload([indices[p, 0], t * mt + g * step], group),
+                                    a_t.vload([indices[p, 1], t * mt + g * step], group), 1,
+                                    lanes), data[p], lanes, interleaved=True)
+                rows = T.alloc_buffer((mt,), "int32", scope="local")  # back in row order
+                for g in T.unroll(mt // step):
+                    rows[T.ramp(2 * g * lanes, 1, lanes)] = _unpacked_order(
+                        acc.vload([2 * g * lanes], wide), acc.vload([(2 * g + 1) * lanes], wide),
+                        0, lanes)
+                    rows[T.ramp((2 * g + 1) * lanes, 1, lanes)] = _unpacked_order(
+                        acc.vload([2 * g * lanes], wide), acc.vload([(2 * g + 1) * lanes], wide),
+                        1, lanes)
                 for i in T.serial(mt):
                     if t * mt + i < M:
-                        out[t * mt + i, n] = acc[i]
+                        out[t * mt + i, n] = rows[i]
 
     return kernel
 
