@@ -18,8 +18,8 @@ MODES = ("auto", "dense") + sparse_gemm.FORMATS
 # more: measured at 64); the highest over the layers measured. Measured by
 # bench/bench_sparse.py (int16 activations; the built-in VGG-7's 1152->256 dense layer and
 # its 128->128 7x7 and 32->32 28x28 stride-1 convs) on an Intel Xeon (LLVM: rocketlake,
-# AVX-512 + VNNI), 2 cores shared with other jobs, TVM 0.27. None: the sparse kernel never
-# won there. Other CPUs will differ; force a format with sparse="csr" / "bsr".
+# AVX-512 + VNNI), 2 cores (load average 1.6), TVM 0.27, 2026-11-23. None: the sparse kernel
+# never won there. Other CPUs will differ; force a format with sparse="csr" / "bsr".
 CROSSOVER = {
     ("matmul", "csr", 1): None,
     ("matmul", "bsr", 1): 0.99,
@@ -27,7 +27,7 @@ CROSSOVER = {
     ("matmul", "bsr", 64): 0.99,
     ("conv2d", "csr", 1): 0.8,
     ("conv2d", "bsr", 1): 0.9,
-    ("conv2d", "csr", 64): 0.8,
+    ("conv2d", "csr", 64): 0.7,
     ("conv2d", "bsr", 64): 0.8,
 }
 
@@ -55,8 +55,9 @@ def integer_gemm(call) -> str | None:
     lhs, weight = call.args[0], call.args[1]
     if not isinstance(weight, GenericConst) or not str(weight.ty.dtype).startswith("int"):
         return None
-    if not str(lhs.ty.dtype).startswith("int") or lhs.ty.shape is None:
-        return None
+    if not str(lhs.ty.dtype).startswith("int") or lhs.ty.shape is None or not all(
+            isinstance(d, tvm.tirx.IntImm) for d in lhs.ty.shape.values):
+        return None  # the kernels are built for static shapes
     if kind == "matmul":
         return kind if weight.ty.ndim == 2 and lhs.ty.ndim >= 2 else None
     a = call.attrs
