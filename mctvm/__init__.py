@@ -7,8 +7,9 @@ from .errors import (  # noqa: E402
     ExportError, InputError, MctvmError, ModelError, ShapeError, TargetError, UnsupportedOpError,
 )
 from .runtime import CompiledModel, LatencyStats, load  # noqa: E402
+from .tune import TuningResult, tune  # noqa: E402
 
 __all__ = [
-    "compile", "load", "CompiledModel", "LatencyStats", "MctvmError", "ModelError",
-    "UnsupportedOpError", "ShapeError", "TargetError", "InputError", "ExportError",
+    "compile", "tune", "load", "CompiledModel", "TuningResult", "LatencyStats", "MctvmError",
+    "ModelError", "UnsupportedOpError", "ShapeError", "TargetError", "InputError", "ExportError",
 ]

@@ -1,4 +1,4 @@
-"""The `mctvm` command line: compile, run, info, demo."""
+"""The `mctvm` command line: compile, tune, run, info, demo, sweep, mcda."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def cmd_compile(args):
     import mctvm
 
     model = mctvm.compile(args.model, K=args.K, target=args.target, shapes=dict(args.shape),
-                          dump_dir=args.dump_ir, **_mcq_options(args))
+                          dump_dir=args.dump_ir, tuning=args.tuning, **_mcq_options(args))
     out = args.output or Path(args.model).with_suffix(".so").name
     path = model.export_library(out)
     print(f"compiled {args.model} for {model.target.kind.name} -> {path}")
@@ -59,6 +59,25 @@ def cmd_compile(args):
         print(f"  input  {info.name}: {list(info.shape)} {info.dtype}")
     for info in model.output_info:
         print(f"  output {info.name}: {list(info.shape)} {info.dtype}")
+    if "tuning" in model.metadata:
+        from .tune import tuning_note
+
+        print(f"  {tuning_note(model.metadata['tuning'])}")
+
+
+def cmd_tune(args):
+    """Tune the program's kernels with MetaSchedule; `compile --tuning` uses the records."""
+    import mctvm
+
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise MctvmError("--rpc-tracker and --rpc-key go together")
+    runner = {"tracker": args.rpc_tracker, "key": args.rpc_key} if args.rpc_tracker else None
+    result = mctvm.tune(args.model, K=args.K, target=args.target, shapes=dict(args.shape),
+                        trials=args.trials, work_dir=args.work_dir, runner=runner,
+                        **_mcq_options(args))
+    print(result)
+    print(f"use it: mctvm compile {args.model} --tuning {args.work_dir} (with the same "
+          "--K, --target, --shape and options)")
 
 
 def _read_inputs(model, specs):
@@ -233,8 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concrete shape of an input with dynamic dims: NAME=D1,D2,...")
     p.add_argument("-o", "--output", help="library to write (.so, or .tar of object files)")
     p.add_argument("--dump-ir", help="folder to write the IR after each pipeline phase")
+    p.add_argument("--tuning", help="work dir of `mctvm tune` for this model and options")
     _add_mcq_arguments(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", help="tune the kernels (MetaSchedule, XGBoost cost model)")
+    p.add_argument("model")
+    p.add_argument("--target", default="llvm",
+                   help="cpu | llvm | cuda | a JSON target dict (default: llvm, this CPU)")
+    p.add_argument("--K", type=float, default=None, help="MCQ samples per value (default: float)")
+    p.add_argument("--shape", type=_shape_option, action="append", default=[],
+                   help="concrete shape of an input with dynamic dims: NAME=D1,D2,...")
+    p.add_argument("--trials", type=int, default=64, help="measured candidates, all kernels")
+    p.add_argument("--work-dir", default="mctvm-tuning",
+                   help="folder for the records (tuned further if it holds this program's)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure on the device registered with this TVM RPC tracker")
+    p.add_argument("--rpc-key", help="the device's key at the tracker")
+    _add_mcq_arguments(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("sweep", help="accuracy, bits and sparsity against K (a table and a plot)")
     p.add_argument("model", nargs="?", default=None,

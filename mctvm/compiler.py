@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 from . import __version__, frontend
@@ -32,6 +33,7 @@ def compile(  # pylint: disable=redefined-builtin
     float_format=None,
     allocate=None,
     calibration=None,
+    tuning=None,
     **mcq_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for `target`.
@@ -51,7 +53,77 @@ def compile(  # pylint: disable=redefined-builtin
     {"weights": (E, M), "activations": (E, M), "rounding": "stochastic" | "nearest"}.
     `shapes` gives concrete sizes for dynamic input dimensions, e.g. {"input": (64, 1, 28,
     28)}. `dump_dir` writes the IR after each pipeline phase.
+    `tuning` is a work_dir written by mctvm.tune for the same model, target and options: the
+    kernels it has records for get their tuned schedules, the others the default ones
+    (metadata["tuning"] lists which).
     """
+    program = import_program(model, K, target, shapes=shapes, mca=mca,
+                             float_format=float_format, allocate=allocate,
+                             calibration=calibration, **mcq_options)
+    records = None
+    if tuning is not None:
+        from .tune import TuningRecords
+
+        records = TuningRecords.open(tuning, program.tuning_key())
+    tgt, mod, mcq, mca = program.target, program.mod, program.mcq, program.mca
+    outputs = _output_info(mod, frontend.output_names(program.proto),
+                           frontend.declared_output_shapes(program.proto))
+    metadata = {
+        "mctvm_version": __version__,
+        "model": program.proto.graph.name,
+        "inputs": [info.as_dict() for info in program.inputs],
+        "outputs": [info.as_dict() for info in outputs],
+        "target": str(tgt),
+        "K": K,
+    }
+    with _build_errors(tgt):
+        mod = pipeline.run(mod, tgt, mcq, program.onnx_gemms, dump_dir, mca,
+                           program.float_format, tuned=records.passes() if records else ())
+        if program.float_format is not None:
+            metadata["float_format"] = program.float_format
+        if mcq is not None:
+            metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
+        if mca is not None:
+            metadata["mca"] = {**mca, "sites": json.loads(str(mod.attrs[SITES_ATTR]))}
+        if records is not None:
+            metadata["tuning"] = records.summary(mod)
+        metadata["extra_inputs"] = [p.name for p in mod["main"].params if p.name in EXTRA_INPUTS]
+        with tgt:
+            executable, sources = backend(tgt).build(_with_metadata(mod, metadata), tgt)
+    return CompiledModel(executable, tgt, metadata, sources=sources)
+
+
+@dataclass
+class Program:
+    """An imported model with its checked options: what the pipeline starts from."""
+
+    proto: object
+    target: object
+    inputs: list
+    mod: object
+    K: float | None
+    mcq: MCQOptions | None
+    mca: dict | None
+    float_format: dict | None
+    onnx_gemms: list
+
+    def tuning_key(self) -> dict:
+        """What tuning records depend on: the model, target, input shapes and options."""
+        return json.loads(json.dumps({
+            "model_sha256": hashlib.sha256(self.proto.SerializeToString()).hexdigest(),
+            "target": str(self.target),
+            "inputs": [info.as_dict() for info in self.inputs],
+            "K": self.K,
+            "mcq": asdict(self.mcq) if self.mcq is not None else None,
+            "mca": self.mca,
+            "float_format": self.float_format,
+        }))
+
+
+def import_program(model: ModelLike, K=None, target: TargetLike = "llvm", *, shapes=None,
+                   mca=None, float_format=None, allocate=None, calibration=None,
+                   **mcq_options) -> Program:
+    """Check the options, load and import the model (compile's arguments, less the build's)."""
     if allocate is not None:
         mcq_options["layer_K"] = _allocated_K(model, K, allocate, calibration, mcq_options)
     try:
@@ -66,28 +138,8 @@ def compile(  # pylint: disable=redefined-builtin
     frontend.check_supported(proto)
     inputs = frontend.resolve_inputs(proto, shapes)
     mod = frontend.import_model(proto, inputs)
-    outputs = _output_info(mod, frontend.output_names(proto), frontend.declared_output_shapes(proto))
-    metadata = {
-        "mctvm_version": __version__,
-        "model": proto.graph.name,
-        "inputs": [info.as_dict() for info in inputs],
-        "outputs": [info.as_dict() for info in outputs],
-        "target": str(tgt),
-        "K": K,
-    }
-    with _build_errors(tgt):
-        mod = pipeline.run(mod, tgt, mcq, frontend.gemm_nodes(proto), dump_dir, mca,
-                           float_format)
-        if float_format is not None:
-            metadata["float_format"] = float_format
-        if mcq is not None:
-            metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
-        if mca is not None:
-            metadata["mca"] = {**mca, "sites": json.loads(str(mod.attrs[SITES_ATTR]))}
-        metadata["extra_inputs"] = [p.name for p in mod["main"].params if p.name in EXTRA_INPUTS]
-        with tgt:
-            executable, sources = backend(tgt).build(_with_metadata(mod, metadata), tgt)
-    return CompiledModel(executable, tgt, metadata, sources=sources)
+    return Program(proto, tgt, inputs, mod, K, mcq, mca, float_format,
+                   frontend.gemm_nodes(proto))
 
 
 def _output_info(mod, names, declared) -> list:

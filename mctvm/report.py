@@ -46,6 +46,7 @@ class Report:
     rows: list = field(default_factory=list)
     convention: str = ("weight bits = ceil(log2(max|count|+1)) + 1 sign bit; activation bits = "
                        "mean over samples of ceil(log2(max count+1)), as in the MCQ paper")
+    notes: list = field(default_factory=list)  # lines printed under the table
 
     @property
     def totals(self) -> dict:
@@ -76,7 +77,7 @@ class Report:
         t = self.totals
         text.append(f"total: {t['notation']}  saturated activation counts: {t['saturated']}")
         text.append(f"({self.convention}; '-' = kept float)")
-        return "\n".join(text)
+        return "\n".join(text + self.notes)
 
 
 def _f(value) -> str:

@@ -168,10 +168,14 @@ class CompiledModel:
         """Per layer K, N, bits and sparsity of weights and of the activations sampled in the
         calls made so far, and saturations; str() prints it as a table."""
         from .report import build_report
+        from .tune import tuning_note
 
         if "mcq" not in self.metadata:
             raise MctvmError("this is the float program (K=None): there is nothing to report")
-        return build_report(self.metadata["mcq"]["layers"], self._stats)
+        report = build_report(self.metadata["mcq"]["layers"], self._stats)
+        if "tuning" in self.metadata:
+            report.notes.append(tuning_note(self.metadata["tuning"]))
+        return report
 
     def reset_stats(self):
         """Forget the activation statistics of earlier calls."""
