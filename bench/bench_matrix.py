@@ -44,7 +44,7 @@ from mctvm.models import default_model, synthetic
 
 from common import OUT, machine, ort_session, print_table, random_input, save, time_ms
 
-NA_TUNING = "n/a (tuning not available)"
+NA_TUNING = "n/a (not tuned: no mctvm.tune, or --trials 0)"
 NA_SPARSE = "n/a (sparse not available)"
 
 
@@ -135,7 +135,7 @@ def target(program, vs_float, vs_int8):
 
 
 def matrix(models, batches, K_values, trials, repeat, quick):
-    tuning, sparse = hasattr(mctvm, "tune"), has_sparse()
+    tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
     for name in models:
         for batch in batches:
@@ -217,7 +217,7 @@ def biggest_gemm(proto, shape):
 
 def kernel_rows(models, batch, K, trials, repeat, quick, peak):
     """The biggest GEMM/conv of each model, alone: float untuned, float tuned, MCQ K dense."""
-    tuning, sparse = hasattr(mctvm, "tune"), has_sparse()
+    tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
     for name in models:
         label, proto, shape = make_model(name, batch, quick)
@@ -275,13 +275,13 @@ def main():
     parser.add_argument("--models", default="fmnist-vgg7,resnet18,minilm-2l")
     parser.add_argument("--batches", help="comma-separated; default 1,64 (--quick: 1,8)")
     parser.add_argument("--K", type=float, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--trials", type=int, help="tuning trials per program; default 32 "
+    parser.add_argument("--trials", type=int, help="tuning trials per program (0: no tuning); default 32 "
                         "(--quick: 4)")
     parser.add_argument("--repeat", type=int, help="timing samples; default 10 (--quick: 3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (see above)")
     args = parser.parse_args()
     batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,64")).split(",")]
-    trials = args.trials or (4 if args.quick else 32)
+    trials = args.trials if args.trials is not None else (4 if args.quick else 32)
     repeat = args.repeat or (3 if args.quick else 10)
     models = args.models.split(",")
 
