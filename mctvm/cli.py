@@ -27,7 +27,8 @@ def _shape_option(text: str):
 def _mcq_options(args) -> dict:
     """The MCQ options given on the command line, as mctvm.compile keywords."""
     options = {"quantize": tuple(args.quantize), "skip": tuple(args.skip), "sort": args.sort,
-               "normalize": args.normalize, "activation_dtype": args.activation_dtype}
+               "normalize": args.normalize, "activation_dtype": args.activation_dtype,
+               "sparse": args.sparse}
     if args.K_weights is not None:
         options["K_weights"] = args.K_weights
     if args.K_activations is not None:
@@ -45,6 +46,8 @@ def _add_mcq_arguments(p):
     p.add_argument("--sort", action="store_true", help="sort magnitudes before sampling")
     p.add_argument("--normalize", default="layer", choices=["layer", "channel"])
     p.add_argument("--activation-dtype", default="int16", choices=["int8", "int16"])
+    p.add_argument("--sparse", default="auto", choices=["auto", "dense", "csr", "bsr"],
+                   help="integer GEMM kernels: by measured sparsity (auto), or forced")
 
 
 def cmd_compile(args):
