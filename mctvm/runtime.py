@@ -314,9 +314,26 @@ def _make_vm(runnable, device, kind):
     return relax.VirtualMachine(runnable, device)
 
 
+def _load_module(path):
+    """tvm.runtime.load_module; a CUDA library needs TVM's CUDA runtime, loaded on demand."""
+    import tvm
+
+    from .targets import cuda
+
+    try:
+        with quiet_native_stderr():
+            return tvm.runtime.load_module(str(path))
+    except Exception:  # noqa: BLE001  retried once with the CUDA runtime, else re-raised
+        if not cuda.load_cuda_runtime():
+            raise
+    with quiet_native_stderr():
+        return tvm.runtime.load_module(str(path))
+
+
 def load(path) -> CompiledModel:
     """Load a library written by `CompiledModel.export_library`, without the ONNX file."""
     import tvm
+    from tvm import relax
 
     from .targets import cuda, resolve
 
@@ -324,8 +341,7 @@ def load(path) -> CompiledModel:
     if not path.is_file():
         raise ModelError(f"library '{path}' does not exist")
     try:
-        with quiet_native_stderr():
-            module = tvm.runtime.load_module(str(path))
+        module = _load_module(path)
     except Exception as err:  # TVM raises RuntimeError with a C++ trace
         raise ModelError(
             f"cannot load '{path}': {str(err).strip().splitlines()[-1]}; it must be a library "
@@ -337,8 +353,10 @@ def load(path) -> CompiledModel:
         import tvm.support.nvcc  # noqa: F401  compiles CUDA source at load time on a GPU host
     device = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
     try:
-        vm = _make_vm(module, device, kind)
-        metadata = json.loads(vm[METADATA_FUNC]())
+        # without its device, the metadata still reads on the CPU; calls then say what's missing
+        vm = _make_vm(module, device, kind) if device.exist else None
+        reader = vm or relax.VirtualMachine(module, tvm.cpu(0))
+        metadata = json.loads(reader[METADATA_FUNC]())
     except (AttributeError, KeyError, RuntimeError, ValueError):
         raise ModelError(f"'{path}' is not an mctvm program (it has no {METADATA_FUNC})") from None
     return CompiledModel(module, resolve(json.loads(metadata["target"])), metadata, vm=vm)

@@ -6,6 +6,7 @@ Where a GPU is present, the same program runs and must match the CPU.
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -68,6 +69,25 @@ def test_export_holds_the_device_program(cnn_cuda, tmp_path):
 def test_calling_without_a_gpu_is_a_clear_error(cnn_cuda):
     with pytest.raises(mctvm.ModelError, match="no cuda device is present"):
         cnn_cuda(np.zeros((4, 1, 16, 16), np.float32))
+
+
+@pytest.mark.skipif(HAVE_GPU, reason="a GPU is present")
+def test_exported_program_loads_in_a_fresh_process(cnn_cuda, tmp_path):
+    # the library's device code needs TVM's CUDA runtime; mctvm.load provides it, reads the
+    # metadata on the CPU, and a call names the missing device
+    library = cnn_cuda.export_library(tmp_path / "cnn_cuda.so")
+    script = (
+        "import mctvm, numpy as np\n"
+        f"m = mctvm.load({str(library)!r})\n"
+        "print(m.target.kind.name, m.input_info[0].shape)\n"
+        "try:\n"
+        "    m(np.zeros((4, 1, 16, 16), np.float32))\n"
+        "except mctvm.ModelError as err:\n"
+        "    print('error:', err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert "cuda (4, 1, 16, 16)" in out and "no cuda device is present" in out
 
 
 @pytest.mark.skipif(not HAVE_GPU, reason="needs a GPU")
