@@ -42,19 +42,33 @@ class TuningResult:
     work_dir: str
     trials: int
     failed: int
-    kernels: list = field(default_factory=list)  # name, weight, best_ms (None: no valid run)
+    # name, weight, best_ms (tuned; None: no valid run), default_ms (the default schedule)
+    kernels: list = field(default_factory=list)
     untunable: list = field(default_factory=list)  # hand-scheduled kernels, left as they are
 
     def __str__(self):
         width = max([len(k["name"]) for k in self.kernels] + [6])
-        lines = [f"{'kernel'.ljust(width)}  calls  best (ms)"]
+        lines = [f"{'kernel'.ljust(width)}  calls  tuned (ms)  default (ms)  compile uses"]
         for k in self.kernels:
-            best = "-" if k["best_ms"] is None else f"{k['best_ms']:.4f}"
-            lines.append(f"{k['name'].ljust(width)}  {k['weight']:>5}  {best:>9}")
+            tuned, default = (_ms(k[key]) for key in ("best_ms", "default_ms"))
+            use = "tuned" if _record_wins(k) else "default"
+            lines.append(f"{k['name'].ljust(width)}  {k['weight']:>5}  {tuned:>10}  "
+                         f"{default:>12}  {use}")
         lines.append(f"{self.trials} trials ({self.failed} failed); records in {self.work_dir}")
         if self.untunable:
             lines.append(f"not tunable (hand-scheduled): {', '.join(self.untunable)}")
         return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _record_wins(kernel: dict) -> bool:
+    """Whether the best record beat the default schedule (compile uses only those)."""
+    if kernel.get("best_ms") is None:
+        return False
+    return kernel.get("default_ms") is None or kernel["best_ms"] < kernel["default_ms"]
 
 
 def tune(model, K=None, target="llvm", *, trials: int = 64, work_dir="mctvm-tuning",
@@ -97,6 +111,7 @@ def _tune_kernels(mod, target, trials, work_dir, runner, progress, seed) -> Tuni
             raise MctvmError(f"nothing to tune: the program's kernels ({', '.join(untunable)})"
                              " are all hand-scheduled")
         database = ms.database.JSONDatabase(work_dir=str(work_dir))
+        builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S)
         bar = tqdm(total=trials, unit="trial", desc="tuning", disable=not progress,
                    file=stderr)
         watch = _Progress(bar, [ctx.task_name for ctx, _ in tasks], [w for _, w in tasks])
@@ -105,24 +120,68 @@ def _tune_kernels(mod, target, trials, work_dir, runner, progress, seed) -> Tuni
                 tasks=[ctx for ctx, _ in tasks], task_weights=[w for _, w in tasks],
                 work_dir=str(work_dir), max_trials_global=trials,
                 num_trials_per_iter=_per_batch(trials, len(tasks)),
-                builder=ms.builder.LocalBuilder(f_build=build_candidate,
-                                                timeout_sec=BUILD_TIMEOUT_S),
-                runner=runner, database=database, cost_model="xgb",
+                builder=builder, runner=runner, database=database, cost_model="xgb",
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    watch],
                 task_scheduler="gradient")
         finally:
             bar.close()
+        defaults = _measure_defaults([ctx.mod for ctx, _ in tasks], target, builder, runner)
     if watch.trials and watch.failed == watch.trials:
         raise MctvmError(f"every trial failed; the first error: {watch.first_error}")
     kernels = []
-    for ctx, weight in tasks:
+    for (ctx, weight), default_ms in zip(tasks, defaults):
         best = database.get_top_k(database.commit_workload(ctx.mod), 1)
         best_ms = 1e3 * _mean(best[0].run_secs) if best else None
-        kernels.append({"name": ctx.task_name, "weight": weight, "best_ms": best_ms})
+        kernels.append({"name": ctx.task_name, "weight": weight, "best_ms": best_ms,
+                        "default_ms": default_ms})
     _write_manifest(work_dir, {**_read_manifest(work_dir),
-                               "kernels": [k["name"] for k in kernels]})
+                               "kernels": {k["name"]: {key: v for key, v in k.items()
+                                                       if key != "name"} for k in kernels}})
     return TuningResult(str(work_dir), watch.trials, watch.failed, kernels, untunable)
+
+
+def _measure_defaults(mods, target, builder, runner) -> list:
+    """Milliseconds of each kernel under the target's default schedules (None where that
+    fails), built and run like the candidates: compile uses only records that beat them."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from .targets import backend
+
+    schedules = [p for p in backend(target).schedule_passes(target)
+                 if p.info.name == "mctvm.ApplySchedules"]
+    with target:  # on copies: ApplySchedules updates the module it is given
+        mods = [tvm.transform.Sequential(schedules)(tvm.IRModule(dict(mod.functions_items())))
+                for mod in mods]
+    mods = [_without_weight_packing(mod) for mod in mods]
+    times = [None] * len(mods)
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    ok = [i for i, result in enumerate(built) if result.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(
+        built[i].artifact_path, "cuda" if target.kind.name == "cuda" else "cpu",
+        ms.arg_info.ArgInfo.from_prim_func(mods[i]["main"])) for i in ok])
+    for i, future in zip(ok, futures):
+        result = future.result()
+        if result.error_msg is None:
+            times[i] = 1e3 * _mean(result.run_secs)
+    for result in built:
+        if result.artifact_path:
+            shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
+    return times
+
+
+def _without_weight_packing(mod):
+    """The kernel on pre-packed weights, as the candidates are measured. Where TVM's pass
+    can't remove mctvm's packing block, the kernel keeps it: its time is then a slight
+    overestimate (packing touches each weight once, the kernel many times)."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    try:
+        return RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    except tvm.error.InternalError:
+        return mod
 
 
 @contextlib.contextmanager
@@ -200,10 +259,7 @@ def build_candidate(mod, target, _params):
     That import takes ~30 s on a small machine, and the LocalBuilder starts fresh worker
     processes for every batch, each under the build timeout: most builds would time out.
     """
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.tirx.build(mod, target=target)
+    return tvm.tirx.build(_without_weight_packing(mod), target=target)
 
 
 def _load_tensor_intrinsics(target):
@@ -339,13 +395,15 @@ class TuningRecords:
 
     work_dir: Path
     database: object
+    slower: list  # kernels whose best record lost to the default schedule
 
     @classmethod
     def open(cls, work_dir, key: dict) -> "TuningRecords":
         from tvm.s_tir import meta_schedule as ms
 
         work_dir = Path(work_dir)
-        _check_key(work_dir, _read_manifest(work_dir)["program"], key)
+        manifest = _read_manifest(work_dir)
+        _check_key(work_dir, manifest["program"], key)
         missing = [name for name in DATABASE_FILES if not (work_dir / name).is_file()]
         if missing:
             raise MctvmError(f"{work_dir} has no {' or '.join(missing)}: the tuning was "
@@ -355,29 +413,37 @@ class TuningRecords:
         except Exception as err:  # pylint: disable=broad-except  # TVM's parse errors
             raise MctvmError(f"the tuning database in {work_dir} is corrupt: "
                              f"{str(err).strip().splitlines()[-1]}") from None
-        return cls(work_dir, database)
+        kernels = manifest.get("kernels", {})
+        slower = sorted(name for name, k in kernels.items()
+                        if k.get("best_ms") is not None and not _record_wins(k))
+        return cls(work_dir, database, slower)
 
     def passes(self) -> list:
-        return [ApplyTuningRecords(self.database)]
+        return [ApplyTuningRecords(self.database, self.slower)]
 
     def summary(self, mod) -> dict:
         """metadata["tuning"]: which kernels run tuned schedules, which the default ones."""
         tuned, default = (json.loads(str(mod.attrs[name])) for name in KERNELS_ATTRS)
-        return {"work_dir": str(self.work_dir.resolve()), "tuned": tuned, "default": default}
+        return {"work_dir": str(self.work_dir.resolve()), "tuned": tuned, "default": default,
+                "records_slower": [name for name in self.slower if name in default]}
 
 
 def tuning_note(tuning: dict) -> str:
     """One line on metadata["tuning"], for reports."""
+    slower = len(tuning.get("records_slower", []))
     return (f"kernels: {len(tuning['tuned'])} tuned (records in {tuning['work_dir']}), "
-            f"{len(tuning['default'])} on the default (or hand-written) schedules")
+            f"{len(tuning['default'])} on the default (or hand-written) schedules"
+            + (f", {slower} of them because their records were slower" if slower else ""))
 
 
 @tvm.transform.module_pass(opt_level=0, name="mctvm.ApplyTuningRecords")
 class ApplyTuningRecords:
-    """MetaScheduleApplyDatabase, marking the kernels it scheduled with TUNED_ATTR."""
+    """MetaScheduleApplyDatabase, marking the kernels it scheduled with TUNED_ATTR; the
+    kernels in `slower` (records that lost to the default schedule) are left to those."""
 
-    def __init__(self, database):
+    def __init__(self, database, slower=()):
         self.database = database
+        self.slower = set(slower)
 
     def transform_module(self, mod, _ctx):
         kernels = {gvar: func for gvar, func in mod.functions_items()
@@ -387,7 +453,9 @@ class ApplyTuningRecords:
         tuned = []
         for gvar, func in kernels.items():
             now = mod[gvar]
-            if not now.same_as(func) and now.attrs.get("tirx.is_scheduled", False):
+            if gvar.name_hint in self.slower:
+                mod[gvar] = func
+            elif not now.same_as(func) and now.attrs.get("tirx.is_scheduled", False):
                 mod[gvar] = now.with_attr(TUNED_ATTR, True)
                 tuned.append(gvar.name_hint)
         default = [gvar.name_hint for gvar in kernels if gvar.name_hint not in tuned]

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import mctvm
 from mctvm.cli import main
-from mctvm.tune import MANIFEST
+from mctvm.tune import MANIFEST, _record_wins
 
 SHAPES = {"x": (4, 32)}
 
@@ -45,6 +45,21 @@ def mcq_records(tmp_path_factory):
     return work_dir, result
 
 
+@pytest.fixture(scope="module")
+def every_record(mcq_records, tmp_path_factory):
+    """The same records, with the default schedules' times dropped: compile then applies
+    every record, also those slower than the default schedule."""
+    import shutil
+
+    work_dir = tmp_path_factory.mktemp("tuning") / "every"
+    shutil.copytree(mcq_records[0], work_dir)
+    manifest = json.loads((work_dir / MANIFEST).read_text())
+    for kernel in manifest["kernels"].values():
+        kernel["default_ms"] = None
+    (work_dir / MANIFEST).write_text(json.dumps(manifest))
+    return work_dir, mcq_records[1]
+
+
 def test_tuning_writes_records_and_a_manifest(mcq_records):
     work_dir, result = mcq_records
     for name in ("database_workload.json", "database_tuning_record.json", MANIFEST):
@@ -53,12 +68,21 @@ def test_tuning_writes_records_and_a_manifest(mcq_records):
     assert manifest["program"]["K"] == 1 and manifest["program"]["inputs"][0]["shape"] == [4, 32]
     assert result.trials == 3 and result.failed == 0
     [kernel] = [k for k in result.kernels if "matmul" in k["name"]]
-    assert kernel["best_ms"] > 0 and kernel["name"] in str(result)
+    assert kernel["best_ms"] > 0 and kernel["default_ms"] > 0 and kernel["name"] in str(result)
     assert result.untunable and all(n.startswith("mcq_sample") for n in result.untunable)
 
 
-def test_tuned_integer_program_is_bit_exact(mcq_records):
+def test_only_records_faster_than_the_default_schedules_are_used(mcq_records):
     work_dir, result = mcq_records
+    tuned = mctvm.compile(gemm_model(), K=1, shapes=SHAPES, skip=(), tuning=work_dir)
+    info = tuned.metadata["tuning"]
+    assert info["tuned"] == sorted(k["name"] for k in result.kernels if _record_wins(k))
+    assert info["records_slower"] == sorted(
+        k["name"] for k in result.kernels if not _record_wins(k))
+
+
+def test_tuned_integer_program_is_bit_exact(every_record):
+    work_dir, result = every_record
     default = mctvm.compile(gemm_model(), K=1, shapes=SHAPES, skip=())
     tuned = mctvm.compile(gemm_model(), K=1, shapes=SHAPES, skip=(), tuning=work_dir)
     info = tuned.metadata["tuning"]
@@ -70,14 +94,14 @@ def test_tuned_integer_program_is_bit_exact(mcq_records):
     assert f"kernels: {len(result.kernels)} tuned" in str(tuned.report())
 
 
-def test_tuned_kernel_replaces_the_default_schedule(mcq_records):
+def test_tuned_kernel_replaces_the_default_schedule(every_record):
     import tvm_ffi
 
     from mctvm.compiler import import_program
     from mctvm.passes import pipeline
     from mctvm.tune import TUNED_ATTR, TuningRecords
 
-    work_dir, result = mcq_records
+    work_dir, result = every_record
     program = import_program(gemm_model(), 1, shapes=SHAPES, skip=())
     records = TuningRecords.open(work_dir, program.tuning_key())
     [name] = [k["name"] for k in result.kernels if "matmul" in k["name"]]
@@ -147,7 +171,7 @@ def test_cli_tune_then_compile_float(tmp_path, capsys):
     library = tmp_path / "gemm.so"
     assert main(["compile", str(model), "--shape", "x=4,32", "--tuning", str(work_dir),
                  "-o", str(library)]) == 0
-    assert "kernels: 1 tuned" in capsys.readouterr().out
+    assert "  kernels: " in capsys.readouterr().out
     tuned = mctvm.load(library)
     default = mctvm.compile(gemm_model(), shapes=SHAPES)
     np.testing.assert_allclose(tuned(_x()), default(_x()), rtol=1e-5, atol=1e-5)
@@ -203,8 +227,10 @@ def test_tuning_measures_through_an_rpc_tracker(rpc_tracker, tmp_path):
     result = mctvm.tune(gemm_model(), shapes=SHAPES, trials=2, work_dir=work_dir,
                         runner={"tracker": rpc_tracker, "key": "loopback"}, progress=False)
     assert result.trials == 2 and result.failed == 0 and result.kernels[0]["best_ms"] > 0
+    assert result.kernels[0]["default_ms"] > 0
     tuned = mctvm.compile(gemm_model(), shapes=SHAPES, tuning=work_dir)
-    assert len(tuned.metadata["tuning"]["tuned"]) == 1
+    info = tuned.metadata["tuning"]
+    assert info["tuned"] + info["records_slower"] == [result.kernels[0]["name"]]
 
 
 def test_unknown_rpc_key_or_absent_tracker_is_a_clear_error(rpc_tracker, tmp_path):
