@@ -37,7 +37,8 @@ RPC_TIMEOUT_S = 60
 
 @dataclass
 class TuningResult:
-    """What mctvm.tune measured: best time per kernel (all records in work_dir), trials run."""
+    """What mctvm.tune measured: per kernel the best record (all of work_dir's) and the
+    default schedule's time; the trials run in this call."""
 
     work_dir: str
     trials: int
@@ -114,7 +115,7 @@ def _tune_kernels(mod, target, trials, work_dir, runner, progress, seed) -> Tuni
         builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S)
         bar = tqdm(total=trials, unit="trial", desc="tuning", disable=not progress,
                    file=stderr)
-        watch = _Progress(bar, [ctx.task_name for ctx, _ in tasks], [w for _, w in tasks])
+        watch = _Progress(bar, [w for _, w in tasks])
         try:
             ms.tune.tune_tasks(
                 tasks=[ctx for ctx, _ in tasks], task_weights=[w for _, w in tasks],
@@ -468,10 +469,10 @@ class ApplyTuningRecords:
 class _Progress(PyMeasureCallback):
     """A tqdm bar over the trials, with the weighted sum of the best kernel times."""
 
-    def __init__(self, bar, names, weights):
+    def __init__(self, bar, weights):
         super().__init__()
-        self.bar, self.names, self.weights = bar, names, weights
-        self.best = [math.inf] * len(names)
+        self.bar, self.weights = bar, weights
+        self.best = [math.inf] * len(weights)
         self.trials = self.failed = 0
         self.first_error = None
 
