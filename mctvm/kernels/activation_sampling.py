@@ -247,22 +247,10 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
         spb = max(1, min(int(threads_per_block), B))
         sample_blocks = (B + spb - 1) // spb
 
-        @T.prim_func
-        def mcq_sample_activations(
-            x: T.Buffer(shape, "float32"),
-            seed: T.Buffer((1,), "int64"),
-            counts: T.Buffer(shape, out_dtype),
-            scale: T.Buffer((B,), "float32"),
-            stats: T.Buffer((B, 3), "int32"),
-        ):
-            # hand-scheduled: dlight and MetaSchedule leave it alone
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            xv = T.decl_buffer((B * n,), "float32", data=x.data)
-            cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
+        @T.macro
+        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+            # one thread per scan block, then per sample; each loop nest is one CUDA kernel
             cs = T.alloc_buffer((B * n,), "float64")
-            base = T.alloc_buffer((tasks,), "float64")
-            total = T.alloc_buffer((B,), "float64")
-            bstats = T.alloc_buffer((tasks * 3,), "int32")
             for bx in T.thread_binding(task_blocks, thread="blockIdx.x"):
                 for tx in T.thread_binding(tpb, thread="threadIdx.x"):
                     if bx * tpb + tx < tasks:
@@ -284,23 +272,10 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                         sample_stats(total, bstats, scale, stats, bx * spb + tx)
 
     elif B > 1:
-        # a batch: one task per sample, all four stages while its values are in cache
 
-        @T.prim_func
-        def mcq_sample_activations(
-            x: T.Buffer(shape, "float32"),
-            seed: T.Buffer((1,), "int64"),
-            counts: T.Buffer(shape, out_dtype),
-            scale: T.Buffer((B,), "float32"),
-            stats: T.Buffer((B, 3), "int32"),
-        ):
-            # hand-scheduled: dlight and MetaSchedule leave it alone
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            xv = T.decl_buffer((B * n,), "float32", data=x.data)
-            cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
-            base = T.alloc_buffer((tasks,), "float64")
-            total = T.alloc_buffer((B,), "float64")
-            bstats = T.alloc_buffer((tasks * 3,), "int32")
+        @T.macro
+        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+            # a batch: one task per sample, all four stages while its values are in cache
             xi: T.float64 = xi_expr(seed[0])
             for b in T.parallel(B):
                 cs = T.alloc_buffer((n,), "float64")
@@ -311,24 +286,11 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                 sample_stats(total, bstats, scale, stats, b)
 
     else:
-        # one sample: its scan blocks in parallel
 
-        @T.prim_func
-        def mcq_sample_activations(
-            x: T.Buffer(shape, "float32"),
-            seed: T.Buffer((1,), "int64"),
-            counts: T.Buffer(shape, out_dtype),
-            scale: T.Buffer((B,), "float32"),
-            stats: T.Buffer((B, 3), "int32"),
-        ):
-            # hand-scheduled: dlight and MetaSchedule leave it alone
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            xv = T.decl_buffer((n,), "float32", data=x.data)
-            cv = T.decl_buffer((n,), out_dtype, data=counts.data)
+        @T.macro
+        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+            # one sample: its scan blocks in parallel
             cs = T.alloc_buffer((n,), "float64")
-            base = T.alloc_buffer((nb,), "float64")
-            total = T.alloc_buffer((1,), "float64")
-            bstats = T.alloc_buffer((nb * 3,), "int32")
             xi: T.float64 = xi_expr(seed[0])
             for j in T.parallel(nb):
                 block_cumsum(xv, cs, 0, 0, j)
@@ -336,6 +298,23 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             for j in T.parallel(nb):
                 block_counts(xv, cv, cs, 0, base, total, bstats, xi, 0, j)
             sample_stats(total, bstats, scale, stats, 0)
+
+    @T.prim_func
+    def mcq_sample_activations(
+        x: T.Buffer(shape, "float32"),
+        seed: T.Buffer((1,), "int64"),
+        counts: T.Buffer(shape, out_dtype),
+        scale: T.Buffer((B,), "float32"),
+        stats: T.Buffer((B, 3), "int32"),
+    ):
+        # hand-scheduled: dlight and MetaSchedule leave it alone
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xv = T.decl_buffer((B * n,), "float32", data=x.data)
+        cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
+        base = T.alloc_buffer((tasks,), "float64")
+        total = T.alloc_buffer((B,), "float64")
+        bstats = T.alloc_buffer((tasks * 3,), "int32")
+        stages(xv, cv, base, total, bstats, seed, scale, stats)
 
     if name is None:  # private, as Relax's call_te makes them: the module names it
         return mcq_sample_activations.without_attr("global_symbol")
