@@ -26,7 +26,6 @@ Writes bench/out/matrix.{txt,json,csv,png}; tuning logs go to bench/out/tuning/.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import shutil
@@ -42,7 +41,7 @@ import mctvm
 from mctvm.mcq_options import MCQOptions
 from mctvm.models import default_model, synthetic
 
-from common import OUT, machine, ort_session, print_table, random_input, save, time_ms
+from common import OUT, machine, ort_session, print_table, random_input, save, save_csv, time_ms
 
 NA_TUNING = "n/a (not tuned: no mctvm.tune, or --trials 0)"
 NA_SPARSE = "n/a (sparse not available)"
@@ -293,10 +292,7 @@ def main():
     text += "\n\n" + print_table(
         kernels, f"each model's biggest GEMM/conv alone, batch {max(batches)}; {assumptions}")
     save("matrix", rows + kernels, text)
-    with open(OUT / "matrix.csv", "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    save_csv("matrix", rows)
     plot(rows, OUT / "matrix.png")
 
 

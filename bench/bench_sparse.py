@@ -17,7 +17,6 @@ behind passes/lower_sparse_gemm.CROSSOVER; writes bench/out/sparse.{csv,txt,json
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import numpy as np
@@ -26,7 +25,7 @@ from mctvm.kernels import sparse_gemm
 from mctvm.passes.lower_sparse_gemm import kernel_options
 from mctvm.targets import cpu
 
-from common import OUT, machine, print_table, save
+from common import OUT, machine, print_table, save, save_csv
 
 # (label, op, activation shape without batch, weight shape, conv padding)
 LAYERS = [
@@ -188,10 +187,7 @@ def main():
     text = print_table(result, f"sparse vs dense integer kernels, ms; {header}")
     text += "\n\n" + print_table(crossovers(result), "crossover sparsity (sparse faster from)")
     save("sparse", result, text)
-    with open(OUT / "sparse.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result[0]))
-        writer.writeheader()
-        writer.writerows(result)
+    save_csv("sparse", result)
     plot(result, OUT / "sparse.png")
 
 

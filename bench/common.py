@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import statistics
@@ -75,6 +76,16 @@ def save(name: str, rows: list[dict], text: str) -> Path:
     (OUT / f"{name}.json").write_text(json.dumps(rows, indent=2, default=float))
     (OUT / f"{name}.txt").write_text(text + "\n")
     return OUT / f"{name}.txt"
+
+
+def save_csv(name: str, rows: list[dict]) -> Path:
+    """rows as bench/out/<name>.csv, one column per key of the first row."""
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / f"{name}.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return OUT / f"{name}.csv"
 
 
 def random_input(shape, seed=0) -> np.ndarray:
