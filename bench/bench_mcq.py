@@ -2,8 +2,9 @@
 
     python bench/bench_mcq.py [--repeat 5]
 
-Prints a table: elements, mode, sort, best-of-N wall seconds, CPU seconds of that
-run, and millions of elements per second. 25M is about ResNet-50's weight count.
+Prints a table: elements, mode, order (natural, sign: what mctvm.compile uses, or sort),
+best-of-N wall seconds, CPU seconds of that run, and millions of elements per second.
+25M is about ResNet-50's weight count.
 """
 
 import os
@@ -23,14 +24,18 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mctvm.mcq import sample_counts  # noqa: E402
 
-CASES = [  # (elements, shape, normalize, sort)
-    (25_000_000, (25_000_000,), "layer", False),
-    (25_000_000, (25_000_000,), "layer", True),
-    (25_000_000, (2000, 12500), "channel", False),
-    (1_000_000, (1_000_000,), "layer", False),
-    (1_000_000, (1_000_000,), "layer", True),
-    (100_000, (100_000,), "layer", False),
-    (100_000, (100_000,), "layer", True),
+CASES = [  # (elements, shape, normalize, order); order "sort" is sort=True
+    (25_000_000, (25_000_000,), "layer", "natural"),
+    (25_000_000, (2000, 12500), "layer", "sign"),
+    (25_000_000, (25_000_000,), "layer", "sort"),
+    (25_000_000, (2000, 12500), "channel", "natural"),
+    (25_000_000, (2000, 12500), "channel", "sign"),
+    (1_000_000, (1_000_000,), "layer", "natural"),
+    (1_000_000, (1000, 1000), "layer", "sign"),
+    (1_000_000, (1_000_000,), "layer", "sort"),
+    (100_000, (100_000,), "layer", "natural"),
+    (100_000, (100, 1000), "layer", "sign"),
+    (100_000, (100_000,), "layer", "sort"),
 ]
 
 
@@ -53,17 +58,19 @@ def main():
         os.sched_setaffinity(0, {cpu})
         pinned = f", pinned to CPU {cpu}"
     print(f"one core{pinned}; numpy {np.__version__}; K=5, xi=0.3; best of {args.repeat}")
-    print(f"{'elements':>12} {'mode':>8} {'sort':>5} {'seconds':>9} {'cpu s':>7} {'M elem/s':>9}")
+    print(f"{'elements':>12} {'mode':>8} {'order':>8} {'seconds':>9} {'cpu s':>7} {'M elem/s':>9}")
     rng = np.random.default_rng(0)
     data = {}
-    for n, shape, normalize, sort in CASES:
+    for n, shape, normalize, order in CASES:
         if n not in data:
             data[n] = rng.standard_normal(n, dtype=np.float32)
         v = data[n].reshape(shape)
-        wall, cpu = _time(lambda: sample_counts(v, 5.0, 0.3, sort=sort, normalize=normalize),
+        sort = order == "sort"
+        wall, cpu = _time(lambda: sample_counts(v, 5.0, 0.3, sort=sort, normalize=normalize,
+                                                order="natural" if sort else order),
                           args.repeat)
         rate = n / wall / 1e6
-        print(f"{n:>12,} {normalize:>8} {str(sort):>5} {wall:>9.4f} {cpu:>7.3f} {rate:>9.1f}")
+        print(f"{n:>12,} {normalize:>8} {order:>8} {wall:>9.4f} {cpu:>7.3f} {rate:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def _shape_option(text: str):
 def _mcq_options(args) -> dict:
     """The MCQ options given on the command line, as mctvm.compile keywords."""
     options = {"quantize": tuple(args.quantize), "skip": tuple(args.skip), "sort": args.sort,
-               "normalize": args.normalize, "activation_dtype": args.activation_dtype,
+               "normalize": args.normalize, "order": args.order,
+               "activation_dtype": args.activation_dtype,
                "sparse": args.sparse}
     if args.K_weights is not None:
         options["K_weights"] = args.K_weights
@@ -45,6 +46,9 @@ def _add_mcq_arguments(p):
                    help="layers kept float: first, last or ONNX node names (none: --skip)")
     p.add_argument("--sort", action="store_true", help="sort magnitudes before sampling")
     p.add_argument("--normalize", default="layer", choices=["layer", "channel"])
+    p.add_argument("--order", default="sign", choices=["sign", "natural"],
+                   help="the weights' CDF order: each output channel's positives, then its "
+                        "negatives (sign), or the tensor's own (natural)")
     p.add_argument("--activation-dtype", default="int16", choices=["int8", "int16"])
     p.add_argument("--sparse", default="auto", choices=["auto", "dense", "csr", "bsr"],
                    help="integer GEMM kernels: by measured sparsity (auto), or forced")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .errors import MctvmError
+from .mcq import ORDERS
 
 QUANTIZE_PARTS = ("weights", "activations")
 ACTIVATION_DTYPES = ("int8", "int16")
@@ -39,6 +40,7 @@ class MCQOptions:
     skip: tuple = ("first",)
     sort: bool = False
     normalize: str = "layer"
+    order: str = "sign"  # the weights' CDF order: mcq.sample_counts
     activation_dtype: str = "int16"
     seed: int = 0  # seeds the weights' jitter at compile time
     sparse: str = "auto"  # integer GEMM/conv kernels: passes/lower_sparse_gemm.py
@@ -46,7 +48,7 @@ class MCQOptions:
     @classmethod
     def from_args(cls, K, *, K_weights=None, K_activations=None, layer_K=None,
                   quantize=QUANTIZE_PARTS, skip=("first",), sort=False, normalize="layer",
-                  activation_dtype="int16", seed=0, sparse="auto") -> "MCQOptions | None":
+                  order="sign", activation_dtype="int16", seed=0, sparse="auto") -> "MCQOptions | None":
         """Check the user's arguments; None when nothing is quantized (the float program)."""
         quantize = (quantize,) if isinstance(quantize, str) else tuple(quantize)
         unknown = sorted(set(quantize) - set(QUANTIZE_PARTS))
@@ -62,6 +64,10 @@ class MCQOptions:
             return None
         if normalize not in ("layer", "channel"):
             raise MctvmError(f"normalize={normalize!r}; use 'layer' (the paper's) or 'channel'")
+        if order not in ORDERS:
+            raise MctvmError(
+                f"order={order!r}; use 'sign' (each output channel's positive weights, then "
+                "its negative ones: the default) or 'natural' (the weight tensor's order)")
         if activation_dtype not in ACTIVATION_DTYPES:
             raise MctvmError(f"activation_dtype={activation_dtype!r}; use one of {ACTIVATION_DTYPES}")
         if sparse not in SPARSE_KERNELS:
@@ -69,7 +75,7 @@ class MCQOptions:
                 f"sparse={sparse!r}; use one of {SPARSE_KERNELS} ('auto' picks per layer from "
                 "the weight's sparsity, 'dense' never uses the sparse kernels)")
         skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
-        return cls(kw, ka, quantize, dict(layer_K or {}), skip, bool(sort), normalize,
+        return cls(kw, ka, quantize, dict(layer_K or {}), skip, bool(sort), normalize, order,
                    activation_dtype, int(seed), sparse)
 
     def plan(self, sites: Sequence[tuple[str, str]]) -> list[LayerPlan]:

@@ -72,11 +72,11 @@ def test_console_script_is_installed(model_file):
 def test_compile_quantized_with_options(model_file, tmp_path, capsys):
     library = tmp_path / "q.so"
     assert main(["compile", str(model_file), "--K", "5", "--skip", "--activation-dtype", "int8",
-                 "--sparse", "csr", "--shape", "input=2,1,16,16", "-o", str(library)]) == 0
+                 "--sparse", "csr", "--order", "natural", "--shape", "input=2,1,16,16", "-o", str(library)]) == 0
     capsys.readouterr()
     assert main(["info", str(library)]) == 0
     info = capsys.readouterr().out
     assert '"K": 5.0' in info and '"activation_dtype": "int8"' in info and '"skip": []' in info
-    assert '"sparse": "csr"' in info
+    assert '"sparse": "csr"' in info and '"order": "natural"' in info
     assert main(["run", str(library)]) == 0
     assert "shape [2, 10]" in capsys.readouterr().out

@@ -363,6 +363,85 @@ def test_mixed_dtypes_and_layout():
 
 
 # ---------------------------------------------------------------------------
+# order="sign": the CDF runs slice by slice along `axis`, positives before negatives
+
+
+def _sign_permutation(v, axis):
+    """Flat indices of moveaxis(v, axis, 0) in sign order, built one slice at a time."""
+    moved = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+    m = moved.shape[1]
+    perm = []
+    for c, row in enumerate(moved):
+        perm += [c * m + j for j in range(m) if not np.signbit(row[j])]
+        perm += [c * m + j for j in range(m) if np.signbit(row[j])]
+    return np.array(perm)
+
+
+@pytest.mark.parametrize("normalize", ["layer", "channel"])
+@pytest.mark.parametrize("shape, axis", [((8, 3, 3, 3), 0), ((40, 6), 1), ((5, 4, 3), -1),
+                                         ((1, 9), 0)])
+def test_sign_order_is_natural_order_of_the_permuted_values(shape, axis, normalize):
+    """Independent reference: permute explicitly, sample in natural order, scatter back."""
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal(shape).astype(np.float32)
+    C = v.shape[axis]
+    xi = rng.random(C) if normalize == "channel" else 0.37
+    r = sample_counts(v, 1.5, xi, normalize=normalize, axis=axis, order="sign")
+    flat = np.moveaxis(v, axis, 0).ravel()
+    perm = _sign_permutation(v, axis)
+    if normalize == "layer":
+        permuted = sample_counts(flat[perm], 1.5, xi).counts
+    else:
+        permuted = sample_counts(flat[perm].reshape(C, -1), 1.5, xi, normalize="channel",
+                                 axis=0).counts.ravel()
+    want = np.empty_like(permuted)
+    want[perm] = permuted
+    assert np.array_equal(np.moveaxis(r.counts, axis, 0).ravel(), want)
+    _check_invariants(v, r, 1.5) if normalize == "layer" else None
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(
+    v=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 40)),
+                 elements=st.floats(-100, 100, width=32)),
+    K=st.floats(0.1, 8),
+    xi=st.floats(0, 1, exclude_max=True),
+)
+def test_sign_order_keeps_each_channels_signed_sums(v, K, xi):
+    """Hits of consecutive values are within 1 of N times their share: with the signs
+    grouped, each output channel's positive and negative weights each keep their sum."""
+    assume(math.floor(K * v.size + 0.5) >= 1)
+    r = sample_counts(v, K, xi, order="sign")
+    _check_invariants(v, r, K)
+    if r.l1 == 0:
+        return
+    share = r.N * v.astype(np.float64) / r.l1
+    for sign in (1, -1):
+        part = sign * v > 0
+        err = (r.counts * part).sum(axis=1) - (share * part).sum(axis=1)
+        assert np.all(np.abs(err) <= 1 + 1e-9)  # < 1 exactly; float64 shares may round to 1
+
+
+def test_natural_order_does_not_keep_signed_sums():
+    """The property above is the order's doing: interleaved signs break it."""
+    v = np.tile([1.0, -1.0], (1, 50)).astype(np.float32)  # 100 alternating weights
+    natural = sample_counts(v, 0.5, 0.25)  # samples at 0.005 + 0.02 j: every one on a +1
+    grouped = sample_counts(v, 0.5, 0.25, order="sign")
+    assert natural.counts.sum() == 50
+    assert grouped.counts.sum() == 0  # 25 hits on each side
+
+
+def test_sign_order_is_unbiased_over_xi_grid():
+    rng = np.random.default_rng(12)
+    v = rng.standard_normal((5, 10))
+    M = 2000
+    total = np.zeros_like(v)
+    for xi in (np.arange(M) + 0.5) / M:
+        total += np.abs(sample_counts(v, 2.0, xi, order="sign").counts)
+    assert np.max(np.abs(total / M - 100 * np.abs(v) / np.abs(v).sum())) <= 1 / M + 1e-12
+
+
+# ---------------------------------------------------------------------------
 # channel mode and activations
 
 
@@ -477,6 +556,8 @@ def test_blocked_scan_bad_arguments():
         (dict(xi=[0.1, 0.2]), "one number"),
         (dict(normalize="neuron"), "'layer' or 'channel'"),
         (dict(normalize="channel", axis=3), "axis=3 is out of range"),
+        (dict(order="sign", axis=2), "axis=2 is out of range"),
+        (dict(order="magnitude"), "order must be one of"),
     ],
 )
 def test_errors(kwargs, match):

@@ -41,7 +41,9 @@ def _emulate(model, x, K, seed, compile_seed=0):
         if node.op_type == "Gemm":
             h = h.reshape(h.shape[0], -1)
             w = w.T  # transB: the compiled program's weight is (in, out)
-        wq = mcq.sample_counts(w, K, weight_xi(compile_seed, index), axis=0)
+        # the weights' CDF runs output channel by output channel, positives before negatives
+        wq = mcq.sample_counts(w, K, weight_xi(compile_seed, index),
+                               axis=1 if node.op_type == "Gemm" else 0, order="sign")
         aq = mcq.activation_counts(h, K, xi_for(seed, index), scan_block=SCAN_BLOCK)
         stats.append(aq)
         acc = _conv3x3(aq.counts, wq.counts) if node.op_type == "Conv" else aq.counts @ wq.counts
@@ -83,12 +85,13 @@ def test_seeds_reproduce_and_fresh_calls_differ(model):
         compiled(x, seed=-3)
 
 
-@pytest.mark.parametrize("normalize", ["layer", "channel"])
-def test_weights_only_equals_onnxruntime_on_dequantized_weights(model, normalize):
+@pytest.mark.parametrize("normalize, order", [("layer", "sign"), ("layer", "natural"),
+                                              ("channel", "sign")])
+def test_weights_only_equals_onnxruntime_on_dequantized_weights(model, normalize, order):
     """Independent check: put counts * f/N into the ONNX model and run onnxruntime."""
     K = 3
     compiled = mctvm.compile(model, K=K, quantize=("weights",), skip=(), normalize=normalize,
-                             shapes={"input": SHAPE})
+                             order=order, shapes={"input": SHAPE})
     assert not compiled.takes_seed
     emulated = onnx.ModelProto.FromString(model.SerializeToString())
     gemms = [n for n in emulated.graph.node if n.op_type in ("Conv", "Gemm")]
@@ -100,7 +103,8 @@ def test_weights_only_equals_onnxruntime_on_dequantized_weights(model, normalize
         # (in, out): its output channels run along axis 1)
         axis = 1 if node.op_type == "Gemm" else 0
         xi = weight_xi(0, index, oriented.shape[axis] if normalize == "channel" else None)
-        q = mcq.sample_counts(oriented, K, xi, normalize=normalize, axis=axis).dequantize()
+        q = mcq.sample_counts(oriented, K, xi, normalize=normalize, axis=axis,
+                              order=order).dequantize()
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(
             (q.T if node.op_type == "Gemm" else q).astype(np.float32), node.input[1]))
     x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)

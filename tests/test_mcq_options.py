@@ -47,6 +47,7 @@ def test_per_layer_K_overrides():
 @pytest.mark.parametrize("kwargs,match", [
     ({"K": 5, "quantize": ("weights", "gradients")}, "quantize="),
     ({"K": 5, "normalize": "neuron"}, "normalize="),
+    ({"K": 5, "order": "magnitude"}, "order="),
     ({"K": 5, "activation_dtype": "int4"}, "activation_dtype="),
     ({"K": -2}, "K must be a positive"),
     ({"K": 5, "K_weights": 0}, "K_weights must be a positive"),

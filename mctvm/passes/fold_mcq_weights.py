@@ -46,7 +46,8 @@ class _Folder(relax.PyExprMutator):
         xi = weight_xi(self.options.seed, layer["index"],
                        weight.shape[axis] if per_channel else None)
         result = mcq.sample_counts(weight, layer["K_weights"], xi, sort=self.options.sort,
-                                   normalize=self.options.normalize, axis=axis)
+                                   normalize=self.options.normalize, axis=axis,
+                                   order=self.options.order)
         counts = result.counts.astype(mcq.int_dtype_for(result.counts))
         layer.update({
             "weight_shape": list(weight.shape), "N_weights": int(np.sum(result.N)),
