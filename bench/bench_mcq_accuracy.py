@@ -7,7 +7,7 @@ used shares; once with the first layer kept float (the default, as in the paper'
 results) and once with all layers quantized. Evaluates on the full 10k test set when
 Debian's dataset-fashion-mnist is installed, else on the committed 1,000-image sample.
 Then, at --options-K (1), w+a with the default skip, the options that change how weights are
-sampled (sort, normalize), each over --seeds compile seeds (the weights' jitter; fresh
+sampled (order, sort, normalize), each over --seeds compile seeds (the weights' jitter; fresh
 activation draws per call): mean and spread, since one draw moves accuracy by ~0.5 points.
 Writes bench/out/mcq_accuracy.{txt,json} and mcq_accuracy_fig2.png.
 """
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--limit", type=int)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--options-K", type=float, default=1.0)
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=8)
     args = parser.parse_args()
     name, x, labels = models.evaluation_set()
     if args.limit:
@@ -58,22 +58,24 @@ def main():
     save("mcq_accuracy", all_rows + rows, "\n\n".join(texts))
 
 
-OPTIONS = {"default": {}, "sort": {"sort": True}, "channel": {"normalize": "channel"},
-           "sort + channel": {"sort": True, "normalize": "channel"}}
+OPTIONS = {"default (order=sign)": {}, "order=natural": {"order": "natural"},
+           "channel": {"normalize": "channel"},
+           "natural + channel": {"order": "natural", "normalize": "channel"},
+           "sort": {"sort": True}, "sort + channel": {"sort": True, "normalize": "channel"}}
 
 
 def options_table(x, labels, args, float_accuracy):
     """w+a at one K: accuracy per weight-sampling option over several compile seeds."""
     shape = {"input": (args.batch, 1, 28, 28)}
     lines = [f"w+a, K={args.options_K:g}, first layer float, {args.seeds} compile seeds each",
-             f"{'options':>15} {'mean':>8} {'delta':>7} {'min':>8} {'max':>8}"]
+             f"{'options':>20} {'mean':>8} {'delta':>7} {'min':>8} {'max':>8}"]
     rows = []
     for label, options in OPTIONS.items():
         accs = [accuracy(mctvm.compile(models.default_model(), K=args.options_K, seed=seed,
                                        shapes=shape, **options), x, labels)
                 for seed in range(args.seeds)]
         mean = float(np.mean(accs))
-        lines.append(f"{label:>15} {100 * mean:7.2f}% {100 * (mean - float_accuracy):+6.2f} "
+        lines.append(f"{label:>20} {100 * mean:7.2f}% {100 * (mean - float_accuracy):+6.2f} "
                      f"{100 * min(accs):7.2f}% {100 * max(accs):7.2f}%")
         rows.append({"mode": "w+a", "K": args.options_K, "options": label, "accuracy": mean,
                      "accuracies": accs})
