@@ -205,6 +205,11 @@ def _dtype_bits(dtype) -> int:
     return int(digits) if digits else 32
 
 
+def _nbytes(buffer) -> int:
+    """A buffer's size in bytes (symbolic dimensions count as 1)."""
+    return math.prod(_int(d) or 1 for d in buffer.shape) * _dtype_bits(buffer.dtype) // 8
+
+
 def _loop_extent(sch, loop) -> int:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else 1 << 30
@@ -559,19 +564,26 @@ class Contraction(_CPURule):
             k_o, k_i = sch.split(reduce_loops[k], factors=[None, 2])
             reduce_loops[k] = k_o
             lane_loops = [*sch.split(v_i, factors=[None, lanes]), k_i]
-        sch.reorder(*outer_loops, *tiles, *reduce_loops, *inner, *lane_loops)
+        # the larger operand is read once: weights larger than the input (deep layers,
+        # small images) stay in cache while all output rows use them (v_o outermost);
+        # otherwise the input rows stay while all output channels use them
+        stationary = _nbytes(b.buffer) > _nbytes(a.buffer)
+        heads = [tiles[0], *outer_loops] if stationary else [*outer_loops, tiles[0]]
+        candidates = heads + tiles[1:]
+        sch.reorder(*candidates, *reduce_loops, *inner, *lane_loops)
 
-        candidates = outer_loops + tiles
-        fused, take = _parallel_prefix(sch, candidates, len(outer_loops), num_cores(target))
+        fused, take = _parallel_prefix(sch, candidates, 1 if stationary else len(outer_loops),
+                                       num_cores(target))
         tile_loop = candidates[-1] if take < len(candidates) else fused
+        # padding per iteration of the outer loops (a separate parallel loop nest for it
+        # measured slower at batch 1, even where iterations recompute it for several v_o)
+        pad_loop = candidates[len(heads) - 1] if stationary and take < len(heads) else fused
 
         for block in out_blocks:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
-        # padding per parallel iteration (a separate parallel loop nest for it measured
-        # slower at batch 1, even where iterations recompute it for several v_o)
-        producers = _place_producers(sch, kernel.producers, fused, inline=pair is None)
+        producers = _place_producers(sch, kernel.producers, pad_loop, inline=pair is None)
         if a_cache is not None:
-            sch.compute_at(a_cache, fused, preserve_unit_loops=True)
+            sch.compute_at(a_cache, pad_loop, preserve_unit_loops=True)
 
         if row is not None and r_tile > 1:
             sch.unroll(inner[0])
