@@ -19,7 +19,9 @@ channels), matmul, dense, batch matmul, float or integer. Two spatial iterators 
   scalar of A is broadcast once per v_tile lanes.
 
 Loop nest: ``parallel(fused outer) / v_o / r_o / reduction (ic, kh, kw) / r_i (unrolled) /
-v_i (vectorised)``. The accumulator tile lives in a local buffer with the lane axis
+v_i (vectorised)``; when the packed weight is larger than the input (deep layers on small
+images) v_o goes outermost instead, so each weight slice serves every output row and image
+while it is cached (weight-stationary). The accumulator tile lives in a local buffer with the lane axis
 innermost; the epilogue (cast, scale, bias, relu...) is computed per tile from it; padding is
 computed per parallel iteration (a padding-free copy is inlined). When v is not B's
 innermost index (conv weights OIHW), B is re-packed to ``[v_o, .., v_i]`` by a block marked
