@@ -121,6 +121,8 @@ FLOAT_CONVS = [
     (2, 12, 12, 10, 10, 3, 2, 1, 1, 12, "DirectConv"),
     (1, 8, 16, 6, 6, 3, 1, 1, 1, 2, "Contraction"),
     (2, 12, 48, 7, 7, 3, 1, 1, 1, 3, "Contraction"),
+    # weights larger than the input: output-channel tiles outermost, padding per image row
+    (2, 16, 256, 4, 4, 3, 1, 1, 1, 1, "Contraction"),
 ]
 
 
@@ -164,6 +166,9 @@ INT_CONVS = [
     (2, 9, 40, 5, 5, 1, 1, 0, "int8", False),
     (2, 8, 32, 5, 5, 1, 1, 0, "int16", True),
     (1, 6, 64, 9, 7, 3, 1, 0, "int8", True),
+    # weight-stationary order (weights larger than the input), with the pair layout of A
+    (2, 16, 256, 4, 4, 3, 1, 1, "int16", True),
+    (3, 8, 256, 5, 5, 3, 2, 1, "int8", True),
 ]
 PAIRS_EXPECTED = _has("avx512bw") or _has("avx2")
 
