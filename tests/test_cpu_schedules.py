@@ -8,6 +8,7 @@ silently falling back to the slow loops.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -267,6 +268,30 @@ def test_int_weight_first_broadcast_matmul(rng, dtype):
     assert "Contraction" in taken.values(), taken
     assert taken["pairs"] == PAIRS_EXPECTED, taken
     np.testing.assert_array_equal(run(x), np.matmul(w.astype(np.int64), x).astype(np.int32))
+
+
+@pytest.mark.parametrize("cache_bytes,order", [(None, "input"), (0, "weight")])
+@pytest.mark.parametrize("dtype", ["float32", "int16", "int8"])
+def test_stationary_order(rng, monkeypatch, caplog, dtype, cache_bytes, order):
+    """Both fit in cache: the larger operand (the input) stays. With no cache to count on,
+    reading the input again per output-channel tile is cheaper than reading the weights
+    again per image: weight-stationary (stride 2, batch 8)."""
+    if cache_bytes is not None:
+        monkeypatch.setattr(cpu_schedules, "_CACHE_BYTES", cache_bytes)
+    x = _tensor(rng, (8, 16, 8, 8), dtype)
+    weight = _tensor(rng, (64, 16, 3, 3), dtype)
+    out_dtype = "int32" if dtype.startswith("int") else None
+    with caplog.at_level(logging.DEBUG, logger="mctvm.schedule"):
+        run, taken = _build(_single(lambda bb, xv: relax.op.nn.conv2d(
+            xv, relax.const(weight), strides=2, padding=1, out_dtype=out_dtype), x))
+    assert "Contraction" in taken.values(), taken
+    assert f"{order}-stationary" in caplog.text, caplog.text
+    want = conv_ref(x, weight, 2, 1)
+    if dtype.startswith("int"):
+        assert taken["pairs"] == PAIRS_EXPECTED, taken
+        np.testing.assert_array_equal(run(x), want.astype(np.int32))
+    else:
+        np.testing.assert_allclose(run(x), want, rtol=1e-4, atol=1e-4)
 
 
 def test_dense_transposed_weight_and_batch_matmul(rng):

@@ -19,11 +19,15 @@ channels), matmul, dense, batch matmul, float or integer. Two spatial iterators 
   scalar of A is broadcast once per v_tile lanes.
 
 Loop nest: ``parallel(fused outer) / v_o / r_o / reduction (ic, kh, kw) / r_i (unrolled) /
-v_i (vectorised)``; when the packed weight is larger than the input (deep layers on small
-images) v_o goes outermost instead, so each weight slice serves every output row and image
-while it is cached (weight-stationary). The accumulator tile lives in a local buffer with the lane axis
-innermost; the epilogue (cast, scale, bias, relu...) is computed per tile from it; padding is
-computed per parallel iteration (a padding-free copy is inlined). When v is not B's
+v_i (vectorised)`` (input-stationary: each input row serves all output
+channels while cached), or v_o outermost (weight-stationary: each weight slice serves every
+output row and image while cached), whichever reads fewer bytes again from beyond the cache:
+input-stationary reads all of B once per outer iteration, weight-stationary all of A once
+per v_o, and an operand that fits in ``_CACHE_BYTES`` is free to read again (when both fit,
+the larger operand stays). The
+accumulator tile lives in a local buffer with the lane axis innermost; the epilogue (cast,
+scale, bias, relu...) is computed per tile from it; padding is computed per parallel
+iteration (a padding-free copy is inlined). When v is not B's
 innermost index (conv weights OIHW), B is re-packed to ``[v_o, .., v_i]`` by a block marked
 as a layout-rewrite pre-process, which `prepack_passes` split into its own kernel and fold
 into the constant weights at compile time.
@@ -79,6 +83,9 @@ _SMALL_REDUCTION = 64
 # lanes per tile measured slower than DirectConv there).
 _MIN_GROUP_TILE = 4
 _PREPROC = "meta_schedule.layout_rewrite_preproc"
+# An operand up to this size is read again from cache (about a core's L2: measured, packed
+# weights of 1.2 MB read once per output row ran as fast as cached, 2.4 MB 1.3-2x slower).
+_CACHE_BYTES = 2 << 20
 
 
 def enabled() -> bool:
@@ -486,6 +493,24 @@ def _pick_row_tile(extent: int, limit: int, exact: bool = False) -> int:
     return limit if best * 2 <= limit and not exact else best
 
 
+def _weight_stationary(mac, a, b, lane, v_tile, outer, a_wide, b_wide) -> bool:
+    """Whether the lane tile loop v_o goes outermost (weight-stationary) rather than inside
+    the outer output loops (input-stationary): the order that reads fewer bytes again from
+    beyond the cache, where input-stationary reads all of B once per outer iteration (conv:
+    per image and output row) and weight-stationary all of A once per v_o, an operand that
+    fits in `_CACHE_BYTES` costing nothing. When that is a tie (both fit), the larger
+    operand stays (measured best on small layers)."""
+    a_size = _nbytes(a.buffer) * (2 if a_wide else 1)
+    b_size = _nbytes(b.buffer) * (2 if b_wide else 1)
+
+    def again(size, reads):
+        return size * (reads - 1) if size > _CACHE_BYTES else 0
+
+    ws = again(a_size, math.ceil(mac.extents[lane] / v_tile))
+    is_ = again(b_size, math.prod(mac.extents[w] for w in outer))
+    return ws < is_ if ws != is_ else b_size > a_size
+
+
 class Contraction(_CPURule):
     """conv2d (NCHW, grouped too) / matmul / dense / batch matmul, with a fused epilogue."""
 
@@ -566,10 +591,10 @@ class Contraction(_CPURule):
             k_o, k_i = sch.split(reduce_loops[k], factors=[None, 2])
             reduce_loops[k] = k_o
             lane_loops = [*sch.split(v_i, factors=[None, lanes]), k_i]
-        # the larger operand is read once: weights larger than the input (deep layers,
-        # small images) stay in cache while all output rows use them (v_o outermost);
-        # otherwise the input rows stay while all output channels use them
-        stationary = _nbytes(b.buffer) > _nbytes(a.buffer)
+        stationary = _weight_stationary(mac, a, b, lane, v_tile, outer, a_wide, b_wide)
+        log.debug("Contraction: tiles of %d lanes x %s rows, %s-stationary%s", v_tile,
+                  "x".join(str(_loop_extent(sch, r)) for r in inner) or "1",
+                  "weight" if stationary else "input", "" if pair is None else ", integer pairs")
         heads = [tiles[0], *outer_loops] if stationary else [*outer_loops, tiles[0]]
         candidates = heads + tiles[1:]
         sch.reorder(*candidates, *reduce_loops, *inner, *lane_loops)
