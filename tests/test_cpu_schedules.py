@@ -198,6 +198,40 @@ def test_int_conv_exact(rng, batch, cin, cout, h, w, k, stride, pad, dtype, pair
         np.testing.assert_array_equal(got, want)
 
 
+# small outputs: a tile holds whole output rows and several of them (oh x ow), exactly
+SMALL_OUTPUTS = [
+    # (batch, cin, cout, h, w, k, stride, pad, the tile's rows: oh x ow)
+    (2, 16, 256, 4, 4, 3, 1, 1, "2x4"),
+    (64, 8, 32, 7, 7, 3, 2, 1, "2x4"),
+    (3, 8, 256, 5, 5, 3, 2, 1, "3x3"),
+    (1, 8, 16, 6, 6, 3, 1, 1, "3x6"),
+    (64, 12, 32, 6, 3, 1, 1, 0, "3x3"),
+    (64, 6, 16, 3, 5, 1, 1, 0, "3x5"),
+    (64, 16, 32, 7, 7, 1, 2, 0, "2x4"),
+    (1, 8, 32, 7, 7, 3, 1, 1, "7"),  # 7 rows of 7: no exact tile of several within 12
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "int8"])
+@pytest.mark.parametrize("batch,cin,cout,h,w,k,stride,pad,rows", SMALL_OUTPUTS)
+def test_small_outputs_tile_rows(rng, caplog, dtype, batch, cin, cout, h, w, k, stride, pad,
+                                 rows):
+    x = _tensor(rng, (batch, cin, h, w), dtype)
+    weight = _tensor(rng, (cout, cin, k, k), dtype)
+    out_dtype = "int32" if dtype.startswith("int") else None
+    with caplog.at_level(logging.DEBUG, logger="mctvm.schedule"):
+        run, taken = _build(_single(lambda bb, xv: relax.op.nn.conv2d(
+            xv, relax.const(weight), strides=stride, padding=pad, out_dtype=out_dtype), x))
+    assert "Contraction" in taken.values(), taken
+    assert f"x {rows} rows" in caplog.text, caplog.text
+    want = conv_ref(x, weight, stride, pad)
+    if dtype.startswith("int"):
+        assert taken["pairs"] == PAIRS_EXPECTED, taken
+        np.testing.assert_array_equal(run(x), want.astype(np.int32))
+    else:
+        np.testing.assert_allclose(run(x), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype,cout", [("int8", 20), ("int16", 32)])
 def test_int_conv_float_epilogue(rng, dtype, cout):
     """As quantized programs run them: cast(conv) * per-sample scale * constant + bias, relu."""
@@ -268,6 +302,24 @@ def test_int_weight_first_broadcast_matmul(rng, dtype):
     assert "Contraction" in taken.values(), taken
     assert taken["pairs"] == PAIRS_EXPECTED, taken
     np.testing.assert_array_equal(run(x), np.matmul(w.astype(np.int64), x).astype(np.int32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "int8"])
+def test_batched_activation_matmul(rng, caplog, dtype):
+    """x[b, m, k] @ W[k, n] with few rows m: tiles of all m rows x several b."""
+    x = _tensor(rng, (6, 5, 64), dtype)
+    w = _tensor(rng, (64, 32), dtype)
+    out_dtype = "int32" if dtype.startswith("int") else None
+    with caplog.at_level(logging.DEBUG, logger="mctvm.schedule"):
+        run, taken = _build(_single(
+            lambda bb, xv: relax.op.matmul(xv, relax.const(w), out_dtype=out_dtype), x))
+    assert "Contraction" in taken.values(), taken
+    assert "x 2x5 rows" in caplog.text, caplog.text
+    if dtype.startswith("int"):
+        assert taken["pairs"] == PAIRS_EXPECTED, taken
+        np.testing.assert_array_equal(run(x), (x.astype(np.int64) @ w).astype(np.int32))
+    else:
+        np.testing.assert_allclose(run(x), x.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cache_bytes,order", [(None, "input"), (0, "weight")])

@@ -16,10 +16,12 @@ channels), matmul, dense, batch matmul, float or integer. Two spatial iterators 
   matmul: n). A tile holds ``v_tile`` of them (one or two SIMD registers) in vector lanes;
 - the row iterator r: indexes C and A but not B (conv: ow; matmul: m). A tile holds
   ``r_tile`` of them, unrolled, so each B vector load feeds r_tile multiply-adds and each
-  scalar of A is broadcast once per v_tile lanes.
+  scalar of A is broadcast once per v_tile lanes. When the tile holds all of r (small
+  outputs: 7x7, 4x4) and registers are left, it also holds ``r2_tile`` (an exact divisor)
+  of the next such iterator r2 (conv: oh; batched matmul: the batch), r2_tile x r_tile rows.
 
-Loop nest: ``parallel(fused outer) / v_o / r_o / reduction (ic, kh, kw) / r_i (unrolled) /
-v_i (vectorised)`` (input-stationary: each input row serves all output
+Loop nest: ``parallel(fused outer) / v_o / [r2_o] / r_o / reduction (ic, kh, kw) / [r2_i] /
+r_i (unrolled) / v_i (vectorised)`` (input-stationary: each input row serves all output
 channels while cached), or v_o outermost (weight-stationary: each weight slice serves every
 output row and image while cached), whichever reads fewer bytes again from beyond the cache:
 input-stationary reads all of B once per outer iteration, weight-stationary all of A once
@@ -553,6 +555,14 @@ class Contraction(_CPURule):
         pair = _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars)
         r_tile = _pick_row_tile(mac.extents[row], budget // n_vec, exact=pair is not None) \
             if row is not None else 1
+        # a tile holding whole rows (small outputs) takes several of the next row var too
+        # (conv: oh x ow), in exact tiles: predicated ones measured 2x slower
+        row2 = None
+        if len(rows) > 1 and r_tile == mac.extents[row]:
+            r2_tile = _pick_row_tile(mac.extents[rows[-2]], budget // n_vec // r_tile, exact=True)
+            if r2_tile > 1:
+                row2 = rows[-2]
+                outer = [w for w in outer if not w.same_as(row2)]
 
         main = kernel.main.block_rv
         out_blocks = _inline_epilogue(sch, kernel.epilogue)
@@ -579,6 +589,10 @@ class Contraction(_CPURule):
         v_o, v_i = sch.split(loop(lane), factors=[None, v_tile])
         tiles = [v_o]
         inner = []
+        if row2 is not None:
+            r2_o, r2_i = sch.split(loop(row2), factors=[None, r2_tile])
+            tiles.append(r2_o)
+            inner.append(r2_i)
         if row is not None:
             r_o, r_i = sch.split(loop(row), factors=[None, r_tile])
             tiles.append(r_o)
@@ -612,8 +626,9 @@ class Contraction(_CPURule):
         if a_cache is not None:
             sch.compute_at(a_cache, pad_loop, preserve_unit_loops=True)
 
-        if row is not None and r_tile > 1:
-            sch.unroll(inner[0])
+        for row_loop in inner:
+            if _loop_extent(sch, row_loop) > 1:
+                sch.unroll(row_loop)
         if pair is None:
             sch.vectorize(v_i)
         elif len(lane_loops) == 3 and _loop_extent(sch, lane_loops[0]) > 1:
