@@ -155,6 +155,11 @@ CONVS = [
     (1, 3, 8, 15, 15, 7, 2, 3, 1),
     (3, 6, 5, 8, 10, 3, 1, 0, 1),
     (64, 8, 8, 7, 7, 3, 1, 1, 1),
+    # batch in the lanes (pair blocks from one vector of samples on): a partial last group,
+    # odd channels, stride 2, and 70 channels (two chunks of channel pairs)
+    (17, 5, 6, 9, 11, 3, 1, 1, 1),
+    (20, 3, 4, 10, 20, 3, 2, 1, 1),
+    (33, 70, 9, 5, 6, 3, 1, 1, 1),
 ]
 
 

@@ -17,7 +17,8 @@ Formats, by output channel (the weight's rows as `w_rows[out, reduction]`):
   (kh, kw)) with the activations packed in int16 pairs the same way.
 
 `data` takes the narrowest of int8/int16/int32 that holds the values. For conv2d the indices
-are offsets into the zero-padded input of one sample, flattened: c*Hp*Wp + kh*dh*Wp + kw*dw.
+are offsets into the zero-padded input of one sample, flattened: c*Hp*Wp + kh*dh*Wp + kw*dw
+(batch lanes: times `lanes`, and `indptr` has a row per output channel and chunk).
 
 CPU kernels (parallel outer loop, vectorised inner loop, int32 accumulators in registers):
 
@@ -25,9 +26,20 @@ CPU kernels (parallel outer loop, vectorised inner loop, int32 accumulators in r
   blocks); per output column, per tile of rows, acc[m] += value * aT[k, m] over the column's
   nonzeros, rows m in the vector lanes. One row, BSR: per block of `lanes` output columns,
   acc[lanes] += a[k] * data[j, lanes]; one row, CSR: a scalar dot product per column;
-- conv2d: the input zero-padded once per call; output positions q = oh*Wq + ow (Wq = Wp for
-  stride 1, so a nonzero's window is one contiguous vector run) in tiles; per output channel
-  (or block), acc[q] += value * xp[offset + q].
+- conv2d, pair blocks from one vector of samples on (batch lanes): the input transposed once
+  per call (16 x 16 shuffle transposes) to int32 channel pairs xt[group][c2][hp][wp][sample],
+  `lanes` samples per group. A nonzero's operand for an output position is then one aligned
+  vector (no cache-line splits, no shuffles): one vpdpwssd per nonzero pair block, position and
+  group. A task is a group and a register tile of output positions (1 x 7 or 1 x 14 here);
+  over every output channel, and the reduction cut into chunks of channel pairs whose input
+  window fits L1 (the weight's rows split by chunk); results transposed back by shuffles;
+- conv2d, otherwise: the input zero-padded once per call; output positions q = oh*Wq + ow
+  (Wq = Wp for stride 1, so a nonzero's window is one contiguous vector run) in tiles of up to
+  16 vectors, with several samples per task when one sample's positions fill fewer; per output
+  channel (or block), acc[q] += value * xp[offset + q] (CSR pairs: two windows interleaved by
+  unpack, one vpdpwssd). Those windows start anywhere, so most loads split cache lines: on an
+  AVX-512 Xeon a split zmm load + vpdpwssd ran at half the rate of an aligned one, which is what
+  the batch-lanes layout avoids.
 
 CUDA kernels: one thread per output element, looping over its channel's nonzeros.
 Grouped convs are not handled here (they stay dense).
@@ -48,6 +60,8 @@ DEVICES = ("cpu", "cuda")
 _CUDA_THREADS = 128
 _MATMUL_ROW_TILE = 8  # rows of a BSR matmul tile (one accumulator register each)
 CONV_BLOCK = 4  # output channels of a BSR conv block
+_CONV_ACCUMULATORS = 16  # int32 vectors of a conv register tile (AVX-512; 8 on AVX2)
+_WINDOW_BYTES = 48 << 10  # input a batch-lanes register tile reads per chunk: L1's size
 
 
 @dataclass
@@ -554,7 +568,8 @@ def sparse_conv2d(x_shape, x_dtype, weight: np.ndarray, fmt: str, *, strides=(1,
     """(PrimFunc(x, indptr, indices, data, out), [indptr, indices, data]) for an NCHW conv2d
     of x [B, C, H, W] with the constant OIHW int weight (groups = 1); out int32 NCHW.
     padding is (top, left, bottom, right) as Relax's conv2d attrs give it. `pairs` as in
-    sparse_matmul (CSR, stride 1)."""
+    sparse_matmul: CSR pairs and pair blocks for stride 1; pair blocks with the batch in the
+    lanes (batch >= lanes) for any stride."""
     _check_device(device)
     weight = np.asarray(weight)
     if weight.ndim != 4 or len(x_shape) != 4 or weight.shape[1] != x_shape[1]:
@@ -567,14 +582,20 @@ def sparse_conv2d(x_shape, x_dtype, weight: np.ndarray, fmt: str, *, strides=(1,
         raise ValueError(f"conv2d output would be empty: {geo}")
     block = 1 if fmt == "csr" else CONV_BLOCK
     cpu_pairs = pairs and device == "cpu" and geo.flat
-    if cpu_pairs and fmt == "bsr" and _fits_int16(weight):
+    batched = pairs and device == "cpu" and _batch_lanes(geo, lanes)
+    if (cpu_pairs or batched) and fmt == "bsr" and _fits_int16(weight):
         # channel pairs: blocks of 1 output x input channels (2c, 2c + 1) at one (kh, kw)
         c2 = -(-geo.channels // 2)
         padded = np.zeros((weight.shape[0], 2 * c2) + weight.shape[2:], weight.dtype)
         padded[:, :geo.channels] = weight
         sparse = pair_blocks(padded.reshape(weight.shape[0], c2, 2, *weight.shape[2:])
                              .transpose(0, 1, 3, 4, 2).reshape(weight.shape[0], -1))
-        sparse.indices = replace(geo, channels=c2).offsets()[sparse.indices]
+        if batched:  # rows split by chunk of channel pairs: output o, chunk k is row o*nk + k
+            taps = int(np.prod(geo.kernel))
+            sparse.indptr = _chunk_rows(sparse, taps * _batch_chunk(geo, lanes), taps * c2)
+        # input offsets in int32 pairs: per sample, or (batch lanes) per group of `lanes` samples
+        scale = lanes if batched else 1
+        sparse.indices = replace(geo, channels=c2).offsets()[sparse.indices] * scale
     else:
         sparse = _make(weight.reshape(weight.shape[0], -1), fmt, block)
         sparse.indices = geo.offsets()[sparse.indices]
@@ -605,9 +626,93 @@ def conv2d_kernel(geo: _ConvGeometry, x_dtype, sparse: SparseWeight, *, device="
     _check_device(device)
     if device == "cuda":
         return _named(_conv_cuda(geo, x_dtype, sparse), name)
+    if sparse.packed and _batch_lanes(geo, lanes):
+        return _named(_conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes), name)
     if sparse.packed:
         return _named(_conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes), name)
     return _named(_conv_cpu(geo, x_dtype, sparse, lanes), name)
+
+
+def _batch_lanes(geo, lanes) -> bool:
+    """Pair blocks put samples in the vector lanes (_conv_batch_lanes_cpu) from one vector of
+    samples on."""
+    return geo.batch >= lanes
+
+
+def _transpose(vectors, lanes):
+    """The lanes x lanes transpose of `lanes` vectors, by log2(lanes) rounds of two-vector
+    shuffles (unpack / shuffle-lanes instructions): result[i][k] = vectors[k][i]. Each vector
+    of a round is bound to a variable (emitted in the current TVMScript frame)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    vectors = [T.bind(v) for v in vectors]
+    d = lanes // 2
+    while d:
+        for i in range(lanes):
+            if i & d:
+                continue
+            a, b = vectors[i], vectors[i + d]
+            vectors[i] = T.bind(tirx.Shuffle([a, b], [k if not k & d else lanes + k - d
+                                                      for k in range(lanes)]))
+            vectors[i + d] = T.bind(tirx.Shuffle([a, b], [k + d if not k & d else lanes + k
+                                                          for k in range(lanes)]))
+        d //= 2
+    return vectors
+
+
+def _chunk_rows(sparse, chunk, reduction) -> np.ndarray:
+    """indptr of `sparse`'s rows split at every `chunk` reduction indices (each row's indices
+    are sorted): row o * nk + k holds output o's nonzeros in chunk k (nk chunks)."""
+    nk = -(-reduction // chunk)
+    rows = np.repeat(np.arange(sparse.outputs), np.diff(sparse.indptr)) * nk \
+        + sparse.indices // chunk
+    indptr = np.zeros(sparse.outputs * nk + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=sparse.outputs * nk), out=indptr[1:])
+    return indptr
+
+
+def _batch_chunk(geo, lanes) -> int:
+    """Channel pairs per chunk of a batch-lanes kernel: the input window of one register tile
+    (chunk x its rows x columns x a vector) within _WINDOW_BYTES, an even split."""
+    c2 = -(-geo.channels // 2)
+    (R, P), (kh, kw) = _batch_tile(geo, lanes), geo.kernel
+    (sh, sw), (dh, dw) = geo.strides, geo.dilation
+    per_pair = ((R - 1) * sh + (kh - 1) * dh + 1) * ((P - 1) * sw + (kw - 1) * dw + 1) * lanes * 4
+    chunks = -(-c2 // max(1, _WINDOW_BYTES // per_pair))
+    return -(-c2 // chunks)
+
+
+def _batch_tile(geo, lanes):
+    """(rows, columns) of output positions in a batch-lanes register tile, at most
+    _CONV_ACCUMULATORS vectors (half on AVX2): the fewest positions computed, counting per
+    position a share of each nonzero's broadcast and index load (1 / tile) and of each row's
+    transposed stores (1 / columns). On this machine (1, 7) beat (2, 7) for 7x7 outputs and
+    (1, 14) beat (4, 4) and (2, 7) for 28x28 ones."""
+    budget = _CONV_ACCUMULATORS if lanes >= 16 else _CONV_ACCUMULATORS // 2
+    oh, ow = geo.out_size
+
+    def cost(tile):
+        r, p = tile
+        return -(-oh // r) * r * -(-ow // p) * p * (1 + 1 / (r * p) + 1 / p)
+
+    return min(((r, p) for r in range(1, min(oh, budget) + 1)
+                for p in range(1, min(ow, budget // r) + 1)), key=cost)
+
+
+def _conv_tiles(geo, lanes, rows, step):
+    """(positions per tile, tiles, samples per task) of a CPU conv kernel: a register tile of
+    `rows` x positions x samples int32 vectors, up to _CONV_ACCUMULATORS of them, the positions
+    a multiple of `step` split evenly over the tiles; samples (a divisor of the batch) fill
+    what one sample's positions leave of the budget."""
+    budget = _CONV_ACCUMULATORS if lanes >= 16 else _CONV_ACCUMULATORS // 2
+    most = max(step, budget // rows * lanes // step * step)
+    tiles = -(-geo.positions // most)
+    qt = -(-geo.positions // (tiles * step)) * step
+    vectors = rows * qt // lanes
+    ns = max(d for d in range(1, geo.batch + 1)
+             if geo.batch % d == 0 and d * vectors <= max(budget, vectors))
+    return qt, tiles, ns
 
 
 def _conv_cpu(geo, x_dtype, sparse, lanes):
@@ -618,19 +723,17 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     top, left = geo.padding[0], geo.padding[1]
     OH, OW = geo.out_size
     sh, sw = geo.strides
-    wq, L = geo.row_pitch, geo.positions
+    wq = geo.row_pitch
     bo = sparse.block
     nblocks = sparse.indptr.shape[0] - 1
-    qt = 2 * lanes if bo > 1 else 4 * lanes  # positions per tile: 8 or 4 accumulator registers
     step = 2 * lanes if sparse.paired else lanes  # paired: groups of 2 lanes positions
-    qt = min(qt, -(-L // step) * step)
-    tiles = -(-L // qt)
+    qt, tiles, ns = _conv_tiles(geo, lanes, bo, step)
     S = geo.sample_size(qt)
     nnz, ddt = max(sparse.nnz, 1), str(sparse.data.dtype)
     data_shape = (nnz,) if bo == 1 else (nnz, bo)
     x_store = "int16" if sparse.paired else x_dtype  # pmaddwd takes int16
     group = f"int16x{2 * lanes}"
-    vec, wide = f"int16x{lanes}", f"int32x{lanes}"
+    wide = f"int32x{lanes}"
     if sparse.paired:
         index_shape, data_shape = (nnz, 2), (nnz,)
     else:
@@ -644,33 +747,40 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
     def value(data, j, o):
         return data[j] if bo == 1 else data[j, o]
 
+    def pmadd(xp, acc, indices, data, p, s, g, task, t, half):
+        """acc[s]'s vector 2g + half plus pair p times group g's positions (their low words
+        for half 0, high for 1)."""
+        window = ((task // nblocks) * ns + s) * S + t * qt + g * 2 * lanes
+        return _pmadd_packed(acc.vload([s, 0, (2 * g + half) * lanes], wide),
+                             _unpack(xp.vload([window + indices[p, 0]], group),
+                                     xp.vload([window + indices[p, 1]], group), half, lanes),
+                             data[p], lanes, interleaved=True)
+
+    def in_order(acc, s, g, half):  # positions [(2g + half) lanes, (2g + half + 1) lanes)
+        return _unpacked_order(acc.vload([s, 0, 2 * g * lanes], wide),
+                               acc.vload([s, 0, (2 * g + 1) * lanes], wide), half, lanes)
+
     @T.macro
     def accumulate(xp, acc, indptr, indices, data, task, t):
+        # task: samples (task // nblocks) * ns + s, s < ns; block task % nblocks
         if sparse.paired:
             # per group of 2 lanes positions: the two windows interleaved in 128-bit lanes
             # (unpack low / high words), accumulators in that order (see _unpacked_order)
             for p in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
-                for g in T.unroll(qt // (2 * lanes)):
-                    acc[0, T.ramp(2 * g * lanes, 1, lanes)] = _pmadd_packed(
-                        acc.vload([0, 2 * g * lanes], wide),
-                        _unpack(xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt
-                                          + g * 2 * lanes], group),
-                                xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt
-                                          + g * 2 * lanes], group), 0, lanes),
-                        data[p], lanes, interleaved=True)
-                    acc[0, T.ramp((2 * g + 1) * lanes, 1, lanes)] = _pmadd_packed(
-                        acc.vload([0, (2 * g + 1) * lanes], wide),
-                        _unpack(xp.vload([(task // nblocks) * S + indices[p, 0] + t * qt
-                                          + g * 2 * lanes], group),
-                                xp.vload([(task // nblocks) * S + indices[p, 1] + t * qt
-                                          + g * 2 * lanes], group), 1, lanes),
-                        data[p], lanes, interleaved=True)
+                for s in T.unroll(ns):
+                    for g in T.unroll(qt // (2 * lanes)):
+                        acc[s, 0, T.ramp(2 * g * lanes, 1, lanes)] = pmadd(
+                            xp, acc, indices, data, p, s, g, task, t, 0)
+                        acc[s, 0, T.ramp((2 * g + 1) * lanes, 1, lanes)] = pmadd(
+                            xp, acc, indices, data, p, s, g, task, t, 1)
         else:
             for j in T.serial(indptr[task % nblocks], indptr[task % nblocks + 1]):
-                for o in T.unroll(bo):
-                    for i in T.vectorized(qt):
-                        acc[o, i] = acc[o, i] + _i32(value(data, j, o)) * _i32(
-                            read(xp, (task // nblocks) * S + indices[j], t * qt + i))
+                for s in T.unroll(ns):
+                    for o in T.unroll(bo):
+                        for i in T.vectorized(qt):
+                            acc[s, o, i] = acc[s, o, i] + _i32(value(data, j, o)) * _i32(
+                                read(xp, ((task // nblocks) * ns + s) * S + indices[j],
+                                     t * qt + i))
 
     @T.prim_func
     def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((nblocks + 1,), "int32"),
@@ -695,33 +805,34 @@ def _conv_cpu(geo, x_dtype, sparse, lanes):
         for b in T.parallel(B):
             for i in T.serial(S - C * hp * wp):
                 xp[b * S + C * hp * wp + i] = T.Cast(x_store, 0)
-        for task in T.parallel(B * nblocks):
+        for task in T.parallel(B // ns * nblocks):
             # the accumulators of every tile, rows of pitch wq, copied out row by row
-            res = T.alloc_buffer((bo, tiles * qt), "int32", scope="local")
+            res = T.alloc_buffer((ns, bo, tiles * qt), "int32", scope="local")
             for t in T.serial(tiles):
-                acc = T.alloc_buffer((bo, qt), "int32", scope="local")
-                for o in T.unroll(bo):
-                    for i in T.vectorized(qt):
-                        acc[o, i] = 0
-                accumulate(xp, acc, indptr, indices, data, task, t)
-                if sparse.paired:
-                    for g in T.unroll(qt // (2 * lanes)):
-                        res[0, T.ramp(t * qt + 2 * g * lanes, 1, lanes)] = _unpacked_order(
-                            acc.vload([0, 2 * g * lanes], wide),
-                            acc.vload([0, (2 * g + 1) * lanes], wide), 0, lanes)
-                        res[0, T.ramp(t * qt + (2 * g + 1) * lanes, 1, lanes)] = _unpacked_order(
-                            acc.vload([0, 2 * g * lanes], wide),
-                            acc.vload([0, (2 * g + 1) * lanes], wide), 1, lanes)
-                else:
+                acc = T.alloc_buffer((ns, bo, qt), "int32", scope="local")
+                for s in T.unroll(ns):
                     for o in T.unroll(bo):
                         for i in T.vectorized(qt):
-                            res[o, t * qt + i] = acc[o, i]
-            for o in T.serial(bo):
-                if (task % nblocks) * bo + o < O:
-                    for h in T.serial(OH):
-                        for w in T.vectorized(OW):
-                            out[task // nblocks, (task % nblocks) * bo + o, h, w] = \
-                                res[o, h * wq + w]
+                            acc[s, o, i] = 0
+                accumulate(xp, acc, indptr, indices, data, task, t)
+                for s in T.unroll(ns):
+                    if sparse.paired:
+                        for g in T.unroll(qt // (2 * lanes)):
+                            res[s, 0, T.ramp(t * qt + 2 * g * lanes, 1, lanes)] = in_order(
+                                acc, s, g, 0)
+                            res[s, 0, T.ramp(t * qt + (2 * g + 1) * lanes, 1, lanes)] = in_order(
+                                acc, s, g, 1)
+                    else:
+                        for o in T.unroll(bo):
+                            for i in T.vectorized(qt):
+                                res[s, o, t * qt + i] = acc[s, o, i]
+            for s in T.serial(ns):
+                for o in T.serial(bo):
+                    if (task % nblocks) * bo + o < O:
+                        for h in T.serial(OH):
+                            for w in T.vectorized(OW):
+                                out[(task // nblocks) * ns + s, (task % nblocks) * bo + o, h, w] = \
+                                    res[s, o, h * wq + w]
 
     return kernel
 
@@ -787,6 +898,124 @@ def _conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes):
 
     return kernel
 
+
+def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
+    """Pair blocks with samples in the lanes: the input transposed to int32 channel pairs
+    xt[group][c2][hp][wp][lanes] (one group of `lanes` samples after the other), so that every
+    nonzero's vectors are aligned loads; per task a register tile of R x P output positions
+    (a vector of samples each) over every output channel, transposed back to rows of the
+    output by shuffles."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    B, C, H, W, O = geo.batch, geo.channels, geo.height, geo.width, geo.out_channels
+    c2 = -(-C // 2)
+    hp, wp = geo.padded
+    top, left = geo.padding[0], geo.padding[1]
+    OH, OW = geo.out_size
+    sh, sw = geo.strides
+    R, P = _batch_tile(geo, lanes)
+    nth, ntw = -(-OH // R), -(-OW // P)
+    groups = -(-B // lanes)
+    # one group's padded input, with the zero tail that the last tiles may read
+    reach = int(sparse.indices.max(initial=0)) // lanes + (nth * R - 1) * sh * wp \
+        + (ntw * P - 1) * sw + 1
+    plane = max(c2 * hp * wp, reach) * lanes
+    nnz = max(sparse.nnz, 1)
+    nk = (sparse.indptr.shape[0] - 1) // O  # chunks of channel pairs (see _chunk_rows)
+    wide = f"int32x{lanes}"
+    # input columns transposed lanes at a time; the last chunk overlaps when lanes < W
+    starts = [min(w0, max(W - lanes, 0)) for w0 in range(0, W, lanes)]
+
+    def zeros():
+        return tirx.Broadcast(T.int32(0), lanes)
+
+    def sample_row(x, b, c, h, w0):  # int32 lanes of x[b, c, h, w0:w0 + lanes], zero past W
+        n = min(lanes, W - w0)
+        row = T.Cast(f"int32x{n}", x.vload([T.min(b, B - 1), c, h, w0], f"{x_dtype}x{n}"))
+        if n < lanes:
+            row = tirx.Shuffle([row, zeros()], list(range(n)) + [n] * (lanes - n))
+        return row if B % lanes == 0 else T.if_then_else(b < B, row, zeros())
+
+    def pack_input(x, xt, task):
+        """xt's columns of (group, c2, h) = task: int16 pairs of channels 2c2, 2c2 + 1."""
+        g, c, h = task // (c2 * H), 2 * (task // H % c2), task % H
+        for w0 in starts:
+            rows = []
+            for s in range(lanes):
+                lo = T.bitwise_and(sample_row(x, g * lanes + s, c, h, w0),
+                                   tirx.Broadcast(T.int32(0xFFFF), lanes))
+                hi = T.if_then_else(c + 1 < C, sample_row(x, g * lanes + s, T.min(c + 1, C - 1),
+                                                          h, w0), zeros())
+                rows.append(T.bitwise_or(lo, T.shift_left(hi, tirx.Broadcast(T.int32(16),
+                                                                              lanes))))
+            for w, column in enumerate(_transpose(rows, lanes)[:min(lanes, W - w0)]):
+                T.buffer_store(xt, column, [T.ramp(
+                    g * plane + ((task // H % c2 * hp + h + top) * wp + left + w0 + w) * lanes,
+                    1, lanes)])
+
+    def store_output(out, acc, task, o):
+        """The tile's accumulators as rows of P outputs per sample (P lanes stored)."""
+        g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
+        for r in range(R):
+            rows = _transpose([acc.vload([r, p, 0], wide) for p in range(P)]
+                              + [zeros()] * (lanes - P), lanes)
+            for sample, row in enumerate(rows):
+                conds = [oh0 + r < OH] + ([g * lanes + sample < B] if B % lanes else [])
+                with T.If(tirx.all(*conds)):
+                    with T.Then():
+                        if OW % P == 0 and P > 1:
+                            T.buffer_store(out, tirx.Shuffle([row], list(range(P))),
+                                           [g * lanes + sample, o, oh0 + r, T.ramp(ow0, 1, P)])
+                        else:
+                            for p in range(P):
+                                with T.If(ow0 + p < OW):
+                                    with T.Then():
+                                        T.buffer_store(out, tirx.Shuffle([row], [p]),
+                                                       [g * lanes + sample, o, oh0 + r, ow0 + p])
+
+    @T.prim_func
+    def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((O * nk + 1,), "int32"),
+               indices: T.Buffer((nnz,), "int32"), data: T.Buffer((nnz,), "int32"),
+               out: T.Buffer((B, O, OH, OW), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xt = T.alloc_buffer((groups * plane,), "int32")
+        for i in T.parallel(groups * plane // lanes):  # the zero border and tail
+            if (i % (plane // lanes) >= c2 * hp * wp or i % (plane // lanes) // wp % hp < top
+                    or i % (plane // lanes) // wp % hp >= top + H
+                    or i % (plane // lanes) % wp < left or i % (plane // lanes) % wp >= left + W):
+                xt[T.ramp(i * lanes, 1, lanes)] = zeros()
+        for task in T.parallel(groups * c2 * H):
+            pack_input(x, xt, task)
+        for task in T.parallel(groups * nth * ntw):
+            # per chunk of channel pairs (its input window stays in L1), every output's
+            # nonzeros; the tiles of all outputs wait in `tiles` between chunks
+            tiles = T.alloc_buffer((O if nk > 1 else 1, R, P, lanes), "int32")
+            for k in T.serial(nk):
+                for o in T.serial(O):
+                    acc = T.alloc_buffer((R, P, lanes), "int32", scope="local")
+                    for r in T.unroll(R):
+                        for p in T.unroll(P):
+                            acc[r, p, T.ramp(0, 1, lanes)] = T.if_then_else(
+                                k == 0, zeros(), tiles.vload([o % tiles.shape[0], r, p, 0], wide))
+                    for j in T.serial(indptr[o * nk + k], indptr[o * nk + k + 1]):
+                        for r in T.unroll(R):
+                            for p in T.unroll(P):
+                                acc[r, p, T.ramp(0, 1, lanes)] = _pmadd_packed(
+                                    acc.vload([r, p, 0], wide), xt.vload(
+                                        [task // (nth * ntw) * plane + indices[j]
+                                         + ((task // ntw % nth * R + r) * sh * wp
+                                            + (task % ntw * P + p) * sw) * lanes], wide),
+                                    data[j], lanes)
+                    if k == nk - 1:
+                        store_output(out, acc, task, o)
+                    else:
+                        for r in T.unroll(R):
+                            for p in T.unroll(P):
+                                tiles[o % tiles.shape[0], r, p, T.ramp(0, 1, lanes)] = \
+                                    acc.vload([r, p, 0], wide)
+
+    return kernel
 
 def _conv_cuda(geo, x_dtype, sparse):
     from tvm import tirx
