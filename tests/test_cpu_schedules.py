@@ -20,6 +20,7 @@ from tvm import relax
 import mctvm
 from mctvm.models import default_model, synthetic
 from mctvm.targets import cpu, cpu_schedules
+from mctvm.targets.lowering import fusion_passes
 
 from conftest import ort_run
 
@@ -41,10 +42,10 @@ def _tensor(rng, shape, dtype):
 def _build(mod, target=TARGET):
     """Lower with cpu.lowering_passes and build; also say which rule took each kernel.
 
-    `taken` maps kernel name -> rule name, plus "pairs": whether the integer pair path
-    (pmaddwd / vpdpwssd) is in the lowered program."""
+    `taken` maps kernel name -> rule name, plus "pairs" and "quads": whether the integer
+    pair path (pmaddwd / vpdpwssd) or quad path (vpdpbusd) is in the lowered program."""
     with target:
-        fused = tvm.transform.Sequential(cpu.lowering_passes(target)[:7])(mod)
+        fused = tvm.transform.Sequential(fusion_passes())(mod)
         taken = {}
         for gv, func in fused.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc):
@@ -52,7 +53,9 @@ def _build(mod, target=TARGET):
                     (type(r).__name__ for r in cpu_schedules.rules()
                      if r.apply(func, target, False) is not None), None)
         lowered = tvm.transform.Sequential(cpu.lowering_passes(target))(mod)
-        taken["pairs"] = "pmadd" in lowered.script(show_meta=False)
+        script = lowered.script(show_meta=False)
+        taken["pairs"] = "pmadd" in script
+        taken["quads"] = "vpdpbusd" in script
         executable, _ = cpu.build(lowered, target)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return (lambda *xs: vm["main"](*[tvm.runtime.tensor(x) for x in xs]).numpy()), taken
@@ -248,11 +251,84 @@ def test_int_conv_float_epilogue(rng, dtype, cout):
         return relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
 
     run, taken = _build(_single(body, x, scale))
-    assert [v for k, v in taken.items() if k != "pairs"] == ["Contraction"], taken
+    assert [v for k, v in taken.items() if k not in ("pairs", "quads")] == ["Contraction"], taken
     assert taken["pairs"] == (cout == 32 and PAIRS_EXPECTED), taken
     acc = conv_ref(x, weight, 1, 1).astype(np.int32).astype(np.float32)
     want = np.maximum(acc * scale * np.float32(0.01) + bias, 0)
     np.testing.assert_allclose(run(x, scale), want, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# uint8 x int8: products summed in quads (vpdpbusd) where the CPU has VNNI, reductions padded
+# to a multiple of 4; elsewhere the pair path (even reductions) or widened loads
+
+QUADS_EXPECTED = _has("avx512vnni")
+# a 256-bit target with AVX-VNNI (no AVX-512), where the host can run it
+AVX_VNNI = cpu.complete_target({"kind": "llvm", "mcpu": "alderlake"}) if _has("avxvnni") else None
+
+
+def _u8_s8(rng, x_shape, w_shape):
+    x = rng.integers(0, 256, size=x_shape).astype(np.uint8)
+    w = rng.integers(-128, 128, size=w_shape).astype(np.int8)
+    x.flat[:3], w.flat[:3] = 255, -128  # the widest products
+    return x, w
+
+
+@pytest.mark.parametrize("batch,cin,cout,h,k,stride,pad", [
+    (1, 3, 32, 9, 3, 2, 1),  # odd channels: padded to 4
+    (8, 7, 16, 6, 1, 1, 0),  # 1x1, odd channels
+    (1, 16, 64, 8, 3, 1, 1),
+    (8, 32, 32, 7, 3, 2, 1),
+    (2, 64, 256, 4, 3, 1, 1),  # weight-stationary
+])
+def test_u8_s8_conv_quads_exact(rng, batch, cin, cout, h, k, stride, pad):
+    x, weight = _u8_s8(rng, (batch, cin, h, h), (cout, cin, k, k))
+
+    def body(bb, xv):
+        return relax.op.nn.conv2d(xv, relax.const(weight), strides=stride, padding=pad,
+                                  out_dtype="int32")
+
+    want = conv_ref(x.astype(np.int64), weight, stride, pad).astype(np.int32)
+    for target, quads, pairs in ((TARGET, QUADS_EXPECTED, PAIRS_EXPECTED and cin % 2 == 0),
+                                 (AVX_VNNI, True, False),
+                                 (AVX2, False, cin % 2 == 0)):
+        if target is None:
+            continue
+        run, taken = _build(_single(body, x), target)
+        assert "Contraction" in taken.values(), taken
+        assert taken["quads"] == quads, (target, taken)
+        if not quads:
+            assert taken["pairs"] == pairs, (target, taken)
+        np.testing.assert_array_equal(run(x), want)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 37, 32), (64, 130, 48), (64, 256, 16), (1, 1152, 256)])
+def test_u8_s8_matmul_quads_exact(rng, m, k, n):
+    a, b = _u8_s8(rng, (m, k), (k, n))
+    want = (a.astype(np.int64) @ b).astype(np.int32)
+    for target, quads in ((TARGET, QUADS_EXPECTED), (AVX_VNNI, True)):
+        if target is None:
+            continue
+        run, taken = _build(_single(
+            lambda bb, av: relax.op.matmul(av, relax.const(b), out_dtype="int32"), a), target)
+        assert "Contraction" in taken.values(), taken
+        assert taken["quads"] == quads, (target, taken)
+        np.testing.assert_array_equal(run(a), want)
+
+
+def test_quads_in_the_assembly(rng):
+    """The quad path's intrinsic becomes vpdpbusd instructions (AVX512-VNNI hosts)."""
+    if not QUADS_EXPECTED:
+        pytest.skip("the host has no AVX512-VNNI")
+    x, weight = _u8_s8(rng, (1, 16, 6, 6), (32, 16, 3, 3))
+    mod = _single(lambda bb, xv: relax.op.nn.conv2d(xv, relax.const(weight), padding=1,
+                                                    out_dtype="int32"), x)
+    with TARGET:
+        lowered = tvm.transform.Sequential(cpu.lowering_passes(TARGET))(mod)
+        executable, _ = cpu.build(lowered, TARGET)
+    asm = "".join(m.inspect_source("asm") for m in executable.mod.imports
+                  if m.kind == "llvm")
+    assert "vpdpbusd" in asm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,13 +34,17 @@ innermost index (conv weights OIHW), B is re-packed to ``[v_o, .., v_i]`` by a b
 as a layout-rewrite pre-process, which `prepack_passes` split into its own kernel and fold
 into the constant weights at compile time.
 
-Integer operands (int8/int16 -> int32): on x86 with AVX-512BW (or AVX2) and an even
-reduction axis indexing both operands (conv: input channels), products are summed in pairs
-with pmaddwd, which LLVM fuses with the accumulation into vpdpwssd where the CPU has VNNI:
-B is packed with the pair innermost, A (the padded input) re-laid out with channel pairs
-adjacent, and the (lanes x 2) inner loops tensorized with an intrinsic registered here (not
-tvm.s_tir.tensor_intrin, whose import takes ~30 s). Otherwise int8/int16 loads are widened
-to int32 in the vector loop (vpmovsx + vpmulld: about 3x slower than float FMA).
+Integer operands (8/16-bit -> int32) are summed in groups along a reduction axis indexing
+both operands (conv: input channels; matmul: k) whose extent the group width divides:
+quads of uint8 A x int8 B with vpdpbusd (4 multiply-adds per int32 lane) on x86 with
+AVX512-VNNI or AVX-VNNI (passes/pad_quad_reductions.py pads such reductions to a multiple
+of 4 beforehand); else pairs with pmaddwd (2 per lane; 8-bit operands stored as int16) on
+x86 with AVX-512BW (or AVX2), which LLVM fuses with the accumulation into vpdpwssd where
+the CPU has VNNI. B is packed with the group innermost, A (the padded input) re-laid out
+with each group adjacent, and the (lanes x width) inner loops tensorized with an intrinsic
+registered here (not tvm.s_tir.tensor_intrin, whose import takes ~30 s). Otherwise integer
+loads are widened to int32 in the vector loop (vpmovsx + vpmulld: about 3x slower than
+float FMA).
 
 `DirectConv`: multiply-accumulate reductions Contraction can't use (depthwise and
 narrow-group convs, where the output channel also indexes the input): outer loops parallel,
@@ -51,7 +55,7 @@ over a local accumulator.
 into the consumers, fuse and parallelise the outer loops, vectorise the innermost.
 
 MCTVM_CPU_SCHEDULES=0 leaves all of them out (the build as it was before them);
-MCTVM_CPU_INT_PAIRS=0 only the integer pair path.
+MCTVM_CPU_INT_PAIRS=0 only the integer group paths (pairs and quads).
 """
 
 from __future__ import annotations
@@ -136,6 +140,16 @@ def _x86_features(target, *features) -> bool:
         return bool(codegen.target_has_features(list(features), target))
     except Exception:  # pylint: disable=broad-except
         return False
+
+
+def has_quads(target: Target) -> bool:
+    """Whether `target` sums u8 x s8 products in quads (vpdpbusd) at its vector width:
+    AVX512-VNNI at 512 bits, AVX-VNNI (or AVX512-VNNI with VL) at 256."""
+    bits = vector_bits(target)
+    if bits == 512:
+        return _x86_features(target, "avx512vnni", "avx512bw")
+    return bits == 256 and (_x86_features(target, "avxvnni")
+                            or _x86_features(target, "avx512vnni", "avx512vl"))
 
 
 def num_cores(target: Target) -> int:
@@ -551,9 +565,10 @@ class Contraction(_CPURule):
             return None  # depthwise and the like: DirectConv's business
         n_vec = max(1, math.ceil(v_tile / lanes))
         budget = _ACC_REGISTERS.get(bits, 12)
-        # integer pairs: 16-bit multiplies summed in pairs along `pair` (pmaddwd / vpdpwssd)
-        pair = _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars)
-        r_tile = _pick_row_tile(mac.extents[row], budget // n_vec, exact=pair is not None) \
+        # integer groups: products summed in pairs (pmaddwd / vpdpwssd) or quads (vpdpbusd)
+        # along the reduction var `k_group`
+        k_group, width = _group_var(target, mac, a, b, group, v_tile, lanes, reduce_vars)
+        r_tile = _pick_row_tile(mac.extents[row], budget // n_vec, exact=k_group is not None) \
             if row is not None else 1
         # a tile holding whole rows (small outputs) takes several of the next row var too
         # (conv: oh x ow), in exact tiles: predicated ones measured 2x slower
@@ -569,14 +584,14 @@ class Contraction(_CPURule):
         out_blocks = _accumulator(sch, main, out_blocks, mac.out.indices, lane)
 
         # Pack B: [.., v, ..] -> [v_o, .., v_i] with v_o ahead of the reduction axes (and,
-        # for integer pairs, the pair axis k -> k // 2 in place, k % 2 innermost).
+        # for integer groups, the group axis k -> k // width in place, k % width innermost).
         b_pos = _index_of(b.indices, lane)
         b_wide = a_wide = False
-        if (b_pos != len(b.indices) - 1 and v_tile > 1) or pair is not None:
-            b_wide = self._pack(sch, main, b, b_pos, v_tile, mac, pair)
+        if (b_pos != len(b.indices) - 1 and v_tile > 1) or k_group is not None:
+            b_wide = self._pack(sch, main, b, b_pos, v_tile, mac, k_group, width)
         a_cache = None
-        if pair is not None:
-            a_cache, a_wide = self._pair_layout_a(sch, main, a, pair, kernel.producers)
+        if k_group is not None:
+            a_cache, a_wide = self._group_layout_a(sch, main, a, k_group, width, kernel.producers)
 
         loops = sch.get_loops(main)
         if len(loops) != len(mac.block_vars):
@@ -600,15 +615,16 @@ class Contraction(_CPURule):
         outer_loops = [loop(w) for w in outer]
         reduce_loops = [loop(w) for w in reduce_vars]
         lane_loops = [v_i]
-        if pair is not None:
-            k = reduce_vars.index(pair)
-            k_o, k_i = sch.split(reduce_loops[k], factors=[None, 2])
+        if k_group is not None:
+            k = reduce_vars.index(k_group)
+            k_o, k_i = sch.split(reduce_loops[k], factors=[None, width])
             reduce_loops[k] = k_o
             lane_loops = [*sch.split(v_i, factors=[None, lanes]), k_i]
         stationary = _weight_stationary(mac, a, b, lane, v_tile, outer, a_wide, b_wide)
         log.debug("Contraction: tiles of %d lanes x %s rows, %s-stationary%s", v_tile,
                   "x".join(str(_loop_extent(sch, r)) for r in inner) or "1",
-                  "weight" if stationary else "input", "" if pair is None else ", integer pairs")
+                  "weight" if stationary else "input",
+                  "" if k_group is None else f", integer groups of {width}")
         heads = [tiles[0], *outer_loops] if stationary else [*outer_loops, tiles[0]]
         candidates = heads + tiles[1:]
         sch.reorder(*candidates, *reduce_loops, *inner, *lane_loops)
@@ -622,36 +638,37 @@ class Contraction(_CPURule):
 
         for block in out_blocks:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
-        producers = _place_producers(sch, kernel.producers, pad_loop, inline=pair is None)
+        producers = _place_producers(sch, kernel.producers, pad_loop, inline=k_group is None)
         if a_cache is not None:
             sch.compute_at(a_cache, pad_loop, preserve_unit_loops=True)
 
         for row_loop in inner:
             if _loop_extent(sch, row_loop) > 1:
                 sch.unroll(row_loop)
-        if pair is None:
+        if k_group is None:
             sch.vectorize(v_i)
         elif len(lane_loops) == 3 and _loop_extent(sch, lane_loops[0]) > 1:
             sch.unroll(lane_loops[0])
         if _loop_extent(sch, reduce_loops[-1]) <= 4:
             sch.unroll(reduce_loops[-1])
         init = sch.decompose_reduction(main, reduce_loops[0])
-        if pair is not None:
+        if k_group is not None:
             sch.vectorize(sch.get_loops(init)[-1])
-            sch.tensorize(lane_loops[-2], _pair_intrin(
-                lanes, bits, mac.ops[0] is a, _Pair(str(a.buffer.dtype), a_wide),
-                _Pair(str(b.buffer.dtype), b_wide)))
+            sch.tensorize(lane_loops[-2], _group_intrin(
+                lanes, bits, width, mac.ops[0] is a, _Operand16(str(a.buffer.dtype), a_wide),
+                _Operand16(str(b.buffer.dtype), b_wide)))
         for block in out_blocks + producers:
             _vectorize_inner(sch, block, lanes)
         return sch
 
     @staticmethod
-    def _pair_layout_a(sch, main, a, pair, producers):
-        """A's pair axis k -> [.., k // 2, .., k % 2] (pairs adjacent), int8 stored as int16.
+    def _group_layout_a(sch, main, a, k_group, width, producers):
+        """A's group axis k -> [.., k // width, .., k % width] (groups adjacent); for pairs,
+        8-bit A is stored as int16.
 
         Rewrites the padding buffer in place, or reads a parameter into a cache, to be
         computed per parallel iteration. Returns (that cache or None, widened to int16)."""
-        pos = _index_of(a.indices, pair)
+        pos = _index_of(a.indices, k_group)
         block, cache = main, None
         writer = [info for info in producers
                   if any(w.source.same_as(a.buffer) for w in sch.get(info.block_rv).writes)]
@@ -661,12 +678,13 @@ class Contraction(_CPURule):
             cache = sch.cache_read(main, a.read_index, "global")
             block = cache
         else:
-            return None, False  # matmul A[.., k]: pairs already adjacent
+            return None, False  # matmul A[.., k]: groups already adjacent
         if pos != len(a.indices) - 1:
             sch.transform_layout(block, ("write", 0), lambda *idx: [
-                *[idx[i] // 2 if i == pos else idx[i] for i in range(len(idx))], idx[pos] % 2])
-        if str(a.buffer.dtype) == "int8":
-            # int8 stored as int16: a pair is one 32-bit broadcast in the inner loop
+                *[idx[i] // width if i == pos else idx[i] for i in range(len(idx))],
+                idx[pos] % width])
+        if width == 2 and _dtype_bits(a.buffer.dtype) == 8:
+            # 8 bits stored as int16: a pair is one 32-bit broadcast in the inner loop
             sch.unsafe_set_dtype(block, 0, "int16")
             return cache, True
         return cache, False
@@ -704,45 +722,62 @@ class Contraction(_CPURule):
         return None if best is None else best[1:]
 
     @staticmethod
-    def _pack(sch, main, b, b_pos, v_tile, mac, pair=None):
+    def _pack(sch, main, b, b_pos, v_tile, mac, k_group=None, width=2):
         cache = sch.cache_read(main, b.read_index, "global")
         reduce_pos = [i for i, ix in enumerate(b.indices)
                       if isinstance(ix, tirx.Var) and mac.kinds.get(ix) == "R"]
         first = min([b_pos] + reduce_pos)
-        k_pos = _index_of(b.indices, pair) if pair is not None else None
+        k_pos = _index_of(b.indices, k_group) if k_group is not None else None
 
         def pack(*idx):
-            rest = [idx[i] // 2 if i == k_pos else idx[i] for i in range(len(idx)) if i != b_pos]
+            rest = [idx[i] // width if i == k_pos else idx[i]
+                    for i in range(len(idx)) if i != b_pos]
             head, tail = rest[:first], rest[first:]
             out = [*head, idx[b_pos] // v_tile, *tail, idx[b_pos] % v_tile]
-            return out + [idx[k_pos] % 2] if k_pos is not None else out
+            return out + [idx[k_pos] % width] if k_pos is not None else out
 
         sch.transform_layout(cache, ("write", 0), pack)
         sch.annotate(cache, _PREPROC, 1)
-        if pair is not None and str(b.buffer.dtype) == "int8":
+        if k_group is not None and width == 2 and _dtype_bits(b.buffer.dtype) == 8:
             # store int16 (folded into the constants): no widening in the inner loop
             sch.unsafe_set_dtype(cache, 0, "int16")
             return True
         return False
 
 
-def _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars):
-    """The reduction var to sum in pairs with pmaddwd, or None when that path doesn't apply:
-    int8/int16 operands into int32, x86 with AVX-512BW (or AVX2 at 256 bits), ungrouped,
-    whole vectors per tile, and a reduction var of even extent indexing A and B plainly."""
-    if str(mac.out.buffer.dtype) != "int32" or group is not None:
-        return None
-    if any(str(o.buffer.dtype) not in ("int8", "int16") for o in (a, b)):
-        return None
-    bits = lanes * 32
-    need = {512: ("avx512bw",), 256: ("avx2",)}.get(bits)
-    if need is None or not _x86_features(target, *need) or v_tile % lanes:
-        return None
+def _group_var(target, mac, a, b, group, v_tile, lanes, reduce_vars):
+    """(reduction var, width) to sum products in groups of `width` along, or (None, None).
+
+    Quads (width 4, vpdpbusd): A uint8 and B int8, x86 with AVX512-VNNI (or AVX-VNNI at 256
+    bits). Pairs (width 2, pmaddwd): 8/16-bit operands, x86 with AVX-512BW (or AVX2 at 256
+    bits). Both: int32 out, ungrouped, whole vectors per tile, and a reduction var whose
+    extent the width divides, indexing A and B plainly (quads fall back to pairs without
+    one)."""
+    if str(mac.out.buffer.dtype) != "int32" or group is not None or v_tile % lanes:
+        return None, None
+    if any(str(o.buffer.dtype) not in ("int8", "uint8", "int16") for o in (a, b)):
+        return None, None
     if os.environ.get("MCTVM_CPU_INT_PAIRS", "1") == "0":
-        return None
+        return None, None
+    bits = lanes * 32
+    widths = []
+    if (str(a.buffer.dtype), str(b.buffer.dtype)) == ("uint8", "int8") and has_quads(target):
+        widths.append(4)
+    if _x86_features(target, *{512: ("avx512bw",), 256: ("avx2",)}.get(bits, ("none",))):
+        widths.append(2)
+    for width in widths:
+        var = _group_reduction_var(mac, a, b, reduce_vars, width)
+        if var is not None:
+            return var, width
+    return None, None
+
+
+def _group_reduction_var(mac, a, b, reduce_vars, width):
+    """The longest reduction var of an extent `width` divides that A and B index plainly
+    (A by that var alone in one index), or None."""
     best = None
     for var in reduce_vars:
-        if mac.extents[var] % 2 or _index_of(a.indices, var) is None \
+        if mac.extents[var] % width or _index_of(a.indices, var) is None \
                 or _index_of(b.indices, var) is None:
             continue
         if sum(1 for ix in a.indices if var in (_vars(ix) or set())) != 1:
@@ -752,14 +787,20 @@ def _pair_var(target, mac, a, b, lane, group, v_tile, lanes, reduce_vars):
     return best
 
 
-_PAIR_INTRINS: dict = {}
+_GROUP_INTRINS: dict = {}
+
+
+def _llvm_major() -> int:
+    from tvm.target import codegen
+
+    return int(codegen.llvm_version_major())
 
 
 @dataclass(frozen=True)
-class _Pair:
-    """An operand of the pair intrinsic: its element type in the kernel, and whether it is
+class _Operand16:
+    """An operand of a group intrinsic: its element type in the kernel, and whether it is
     stored widened to int16 (unsafe_set_dtype keeps the semantics by reading it back through
-    a cast to int8, which the intrinsic's description has to show)."""
+    a cast to its type, which the intrinsic's description has to show)."""
 
     dtype: str
     widened: bool = False
@@ -769,23 +810,25 @@ class _Pair:
         return "int16" if self.widened else self.dtype
 
 
-def _pair_intrin(lanes: int, bits: int, a_first: bool, a: _Pair, b: _Pair) -> str:
-    """Register (once) the tensor intrinsic C[i] += sum_k A[k] * B[i, k] (i < lanes, k < 2;
-    int8/int16 in, int32 out) as one pmaddwd + add: vpdpwssd where the CPU has VNNI."""
+def _group_intrin(lanes: int, bits: int, width: int, a_first: bool, a: _Operand16,
+                  b: _Operand16) -> str:
+    """Register (once) the tensor intrinsic C[i] += sum_k A[k] * B[i, k] (i < lanes,
+    k < width; int32 out): width 2, 8/16-bit in, one pmaddwd + add (vpdpwssd where the CPU
+    has VNNI); width 4, uint8 A and int8 B, one vpdpbusd."""
     def tag(p):
         return p.dtype + ("w" if p.widened else "")
 
-    name = f"mctvm_pair_dot_{lanes}x2_{tag(a)}_{tag(b)}_{'ab' if a_first else 'ba'}"
-    if name in _PAIR_INTRINS:
+    name = (f"mctvm_group_dot_{lanes}x{width}_{tag(a)}_{tag(b)}_{'ab' if a_first else 'ba'}"
+            f"_{bits}")
+    if name in _GROUP_INTRINS:
         return name
     from tvm.script import tirx as T
 
-    intrin = {512: "llvm.x86.avx512.pmaddw.d.512", 256: "llvm.x86.avx2.pmadd.wd"}[bits]
-    wide, acc = f"int16x{2 * lanes}", f"int32x{lanes}"
-    a_pair, b_vec = f"{a.storage}x2", f"{b.storage}x{2 * lanes}"
+    acc = f"int32x{lanes}"
+    a_group, b_vec = f"{a.storage}x{width}", f"{b.storage}x{width * lanes}"
 
     def value(x, p):
-        return T.Cast("int32", T.Cast("int8", x) if p.widened else x)
+        return T.Cast("int32", T.Cast(p.dtype, x) if p.widened else x)
 
     def product(x, y):
         return value(x, a) * value(y, b) if a_first else value(y, b) * value(x, a)
@@ -793,48 +836,64 @@ def _pair_intrin(lanes: int, bits: int, a_first: bool, a: _Pair, b: _Pair) -> st
     # the root block's reads must list the operands in the product's order
     if a_first:
         @T.prim_func(s_tir=True)
-        def desc(A: T.Buffer((2,), a.storage, offset_factor=1),
-                 B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
+        def desc(A: T.Buffer((width,), a.storage, offset_factor=1),
+                 B: T.Buffer((lanes, width), b.storage, offset_factor=1),
                  C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
             with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+                T.reads(C[0:lanes], A[0:width], B[0:lanes, 0:width])
                 T.writes(C[0:lanes])
                 for i in T.serial(0, lanes):
-                    for k in T.serial(0, 2):
+                    for k in T.serial(0, width):
                         with T.sblock("update"):
                             vi, vk = T.axis.remap("SR", [i, k])
                             C[vi] = C[vi] + product(A[vk], B[vi, vk])
     else:
         @T.prim_func(s_tir=True)
-        def desc(A: T.Buffer((2,), a.storage, offset_factor=1),
-                 B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
+        def desc(A: T.Buffer((width,), a.storage, offset_factor=1),
+                 B: T.Buffer((lanes, width), b.storage, offset_factor=1),
                  C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
             with T.sblock("root"):
-                T.reads(C[0:lanes], B[0:lanes, 0:2], A[0:2])
+                T.reads(C[0:lanes], B[0:lanes, 0:width], A[0:width])
                 T.writes(C[0:lanes])
                 for i in T.serial(0, lanes):
-                    for k in T.serial(0, 2):
+                    for k in T.serial(0, width):
                         with T.sblock("update"):
                             vi, vk = T.axis.remap("SR", [i, k])
                             C[vi] = C[vi] + product(A[vk], B[vi, vk])
 
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), a.storage, offset_factor=1),
-             B: T.Buffer((lanes, 2), b.storage, offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], acc) + T.call_llvm_pure_intrin(
+    if width == 4:
+        intrin = {512: "llvm.x86.avx512.vpdpbusd.512", 256: "llvm.x86.avx512.vpdpbusd.256"}[bits]
+        # its byte operands: <N x i8> from LLVM 21 on, <N/4 x i32> before
+        quad = f"int8x{4 * lanes}" if _llvm_major() >= 21 else acc
+
+        def group_dot(A, B, C):  # C + sum of 4 u8 x s8 products per int32 lane, no saturation
+            return T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrin), C.vload([0], acc),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_group), dtype="int32"),
+                                          lanes), dtype=quad),
+                T.reinterpret(B.vload([0, 0], b_vec), dtype=quad), dtype=acc)
+    else:
+        intrin = {512: "llvm.x86.avx512.pmaddw.d.512", 256: "llvm.x86.avx2.pmadd.wd"}[bits]
+        wide = f"int16x{2 * lanes}"
+
+        def group_dot(A, B, C):  # LLVM fuses the add into vpdpwssd where the CPU has VNNI
+            return C.vload([0], acc) + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(intrin),
                 T.reinterpret(T.broadcast(T.reinterpret(
-                    T.Cast("int16x2", A.vload([0], a_pair)), dtype="int32"), lanes), dtype=wide),
-                T.Cast(wide, B.vload([0, 0], b_vec)),
-                dtype=acc,
-            )
+                    T.Cast("int16x2", A.vload([0], a_group)), dtype="int32"), lanes), dtype=wide),
+                T.Cast(wide, B.vload([0, 0], b_vec)), dtype=acc)
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((width,), a.storage, offset_factor=1),
+             B: T.Buffer((lanes, width), b.storage, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:width], B[0:lanes, 0:width])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = group_dot(A, B, C)
 
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
-    _PAIR_INTRINS[name] = True
+    _GROUP_INTRINS[name] = True
     return name
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 
 def fusion_passes() -> list:
-    """Relax ops -> fused TIR PrimFuncs, ready for a target's schedules."""
+    """Relax ops -> fused TIR PrimFuncs, ready for a target's schedules (uint8 x int8
+    reductions padded for vpdpbusd first, where the target has it)."""
     from tvm import relax
 
+    from ..passes.pad_quad_reductions import PadQuadReductions
+
     return [
+        PadQuadReductions(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
