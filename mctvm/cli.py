@@ -49,7 +49,7 @@ def _add_mcq_arguments(p):
     p.add_argument("--order", default="sign", choices=["sign", "natural"],
                    help="the weights' CDF order: each output channel's positives, then its "
                         "negatives (sign), or the tensor's own (natural)")
-    p.add_argument("--activation-dtype", default="int16", choices=["int8", "int16"])
+    p.add_argument("--activation-dtype", default="int16", choices=["int16", "int8", "uint8"])
     p.add_argument("--sparse", default="auto", choices=["auto", "dense", "csr", "bsr"],
                    help="integer GEMM kernels: by measured sparsity (auto), or forced")
 

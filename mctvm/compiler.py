@@ -43,7 +43,8 @@ def compile(  # pylint: disable=redefined-builtin
     K_weights, K_activations, layer_K={onnx node name: K}, quantize=("weights",
     "activations"), skip=("first",) ("last" and node names allowed; () quantizes all),
     sort=False, normalize="layer"|"channel", order="sign"|"natural" (the weights' CDF order,
-    mcq.sample_counts), activation_dtype="int16"|"int8", seed=0 (the weights' jitter), sparse="auto"|"dense"|"csr"|"bsr" (integer GEMM kernels: chosen per
+    mcq.sample_counts), activation_dtype="int16"|"int8"|"uint8" (uint8 where a
+    layer's input is provably non-negative, int8 elsewhere), seed=0 (the weights' jitter), sparse="auto"|"dense"|"csr"|"bsr" (integer GEMM kernels: chosen per
     layer from the weights' sparsity, or forced).
     `mca` adds Monte Carlo Arithmetic noise for MCDA: True, or a dict with mode ("mca",
     "pb", "rr"), layers (GEMM/conv positions, None = all) and convention ("paper",

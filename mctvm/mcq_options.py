@@ -10,7 +10,7 @@ from .errors import MctvmError
 from .mcq import ORDERS
 
 QUANTIZE_PARTS = ("weights", "activations")
-ACTIVATION_DTYPES = ("int8", "int16")
+ACTIVATION_DTYPES = ("int16", "int8", "uint8")
 SPARSE_KERNELS = ("auto", "dense", "csr", "bsr")
 
 
@@ -69,7 +69,10 @@ class MCQOptions:
                 f"order={order!r}; use 'sign' (each output channel's positive weights, then "
                 "its negative ones: the default) or 'natural' (the weight tensor's order)")
         if activation_dtype not in ACTIVATION_DTYPES:
-            raise MctvmError(f"activation_dtype={activation_dtype!r}; use one of {ACTIVATION_DTYPES}")
+            raise MctvmError(
+                f"activation_dtype={activation_dtype!r}; use one of {ACTIVATION_DTYPES} ('int16' "
+                "the default, 'int8', or 'uint8': unsigned counts for layers whose input is "
+                "non-negative, e.g. after a Relu, int8 for the others)")
         if sparse not in SPARSE_KERNELS:
             raise MctvmError(
                 f"sparse={sparse!r}; use one of {SPARSE_KERNELS} ('auto' picks per layer from "

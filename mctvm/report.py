@@ -61,7 +61,7 @@ class Report:
 
     def __str__(self):
         head = ("layer", "op", "K_w", "N_w", "w bits", "w sparsity", "K_a", "N_a", "a bits",
-                "a sparsity", "saturated", "kernel")
+                "a sparsity", "a type", "saturated", "kernel")
         lines = []
         for r in self.rows:
             lines.append((
@@ -69,7 +69,7 @@ class Report:
                 _f(r.get("weight_bits")), _pct(r.get("weight_sparsity")),
                 _f(r.get("K_activations")), _f(r.get("N_activations")),
                 _f(r.get("activation_bits")), _pct(r.get("activation_sparsity")),
-                _f(r.get("saturated")), _f(r.get("gemm_kernel")),
+                _f(r.get("activation_dtype")), _f(r.get("saturated")), _f(r.get("gemm_kernel")),
             ))
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
         text = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]

@@ -23,7 +23,7 @@ from mctvm.kernels.activation_sampling import (
 
 GENERIC = {"kind": "llvm"}
 HOST = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
-NP_DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32}
+NP_DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.uint8}
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,6 +202,15 @@ def test_saturation_int16():
     assert (s8[:, 2] >= 1).all()
 
 
+def test_uint8_counts_of_non_negative_inputs_saturate_at_255():
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal((3, 700)), 0).astype(np.float32)
+    x[0, 17] = 1e5  # nearly all of N = 3500 hits
+    counts, _, stats, ref = check(x, 5, 4, out_dtype="uint8")
+    assert ref.counts[0, 17] > 255 and counts[0, 17] == 255
+    assert stats[0, 2] == 1 and (stats[1:, 2] == 0).all()
+
+
 def test_int32_output():
     rng = np.random.default_rng(7)
     check(rng.standard_cauchy((2, 500)).astype(np.float32), 5, 8, out_dtype="int32")
@@ -213,7 +222,7 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="0 samples"):
         sampling_prim_func((2, 1), 0.1, 0)
     with pytest.raises(ValueError, match="out_dtype"):
-        sampling_prim_func((2, 3), 1, 0, "uint8")
+        sampling_prim_func((2, 3), 1, 0, "uint16")
     with pytest.raises(ValueError, match="stream"):
         sampling_prim_func((2, 3), 1, -1)
     with pytest.raises(ValueError, match="int32 indexing"):

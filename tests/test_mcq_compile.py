@@ -74,6 +74,59 @@ def test_matches_numpy_emulation(model, K):
         assert row["activation_sparsity"] == pytest.approx(float(np.mean(aq.counts == 0)), abs=2e-3)
 
 
+def test_uint8_counts_where_inputs_are_non_negative(model):
+    """activation_dtype="uint8": the first layer's input may be negative (int8 counts), the
+    others follow a Relu (uint8); the program matches the same emulation, count for count."""
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    compiled = mctvm.compile(model, K=2, skip=(), activation_dtype="uint8",
+                             shapes={"input": SHAPE})
+    got = compiled(x, seed=99)
+    want, stats = _emulate(model, x, 2, 99)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    report = compiled.report()
+    assert [r["activation_dtype"] for r in report.rows] == ["int8", "uint8", "uint8"]
+    assert "uint8" in str(report)
+    for row, aq in zip(report.rows, stats):
+        assert row["saturated"] == 0 and row["max_activation_count"] == int(np.abs(aq.counts).max())
+        assert row["activation_sparsity"] == pytest.approx(float(np.mean(aq.counts == 0)), abs=2e-3)
+
+
+def _relu_conv_model(channels=3):
+    """Relu then a 3x3 conv over `channels` (odd: padded to 4 for the quad path)."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(11).standard_normal((16, channels, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w"], ["y"], name="conv", pads=[1] * 4)],
+        "relu_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 8, 8])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+def test_uint8_saturates_at_255_and_counts_it():
+    model, w = _relu_conv_model()
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    x[:, :, 0, 0] = -5.0  # Relu drops it
+    x[:, 0, 2, 3] = 1000.0
+    x[:, 1, 5, 5] = 1.0
+    K = 4  # N = 4 * 192 = 768 hits, nearly all on the big value
+    compiled = mctvm.compile(model, K=K, skip=(), activation_dtype="uint8")
+    got = compiled(x, seed=0)
+    row = compiled.report().rows[0]
+    assert row["activation_dtype"] == "uint8"
+    assert row["saturated"] == 2  # one clipped element per sample
+    assert row["max_activation_count"] > 255
+    # the program computed with the count clipped at 255 (not wrapped)
+    aq = mcq.activation_counts(np.maximum(x, 0), K, xi_for(0, 0), scan_block=SCAN_BLOCK)
+    wq = mcq.sample_counts(w, K, weight_xi(0, 0), axis=0, order="sign")
+    acc = _conv3x3(np.minimum(aq.counts, 255), wq.counts)
+    want = acc.astype(np.float32) * np.asarray(aq.scale, np.float32).reshape(-1, 1, 1, 1) \
+        * np.float32(wq.scale)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_seeds_reproduce_and_fresh_calls_differ(model):
     x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
     compiled = mctvm.compile(model, K=1, shapes={"input": SHAPE})

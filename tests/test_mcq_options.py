@@ -70,3 +70,13 @@ def test_unknown_compile_option_is_a_clear_error():
 
     with pytest.raises(mctvm.MctvmError, match="unexpected keyword argument 'kk'"):
         mctvm.compile(synthetic.cnn(), K=5, kk=3, shapes={"input": (1, 1, 16, 16)})
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int8", "uint8"])
+def test_activation_dtypes(dtype):
+    assert MCQOptions.from_args(5, activation_dtype=dtype).activation_dtype == dtype
+
+
+def test_bad_activation_dtype_lists_the_choices():
+    with pytest.raises(mctvm.MctvmError, match=r"'int16', 'int8', 'uint8'.*non-negative"):
+        MCQOptions.from_args(5, activation_dtype="u8")

@@ -282,6 +282,22 @@ def test_every_kernel_choice_gives_the_same_outputs(compiled):
         np.testing.assert_array_equal(compiled[mode](x, seed=1), want, err_msg=mode)
 
 
+def test_uint8_counts_stay_dense_or_widen_for_sparse_kernels(model):
+    """activation_dtype="uint8": "auto" keeps the uint8 layers dense (u8 x s8 quads); csr and
+    bsr run them on int16 counts; all give the same outputs."""
+    x = np.random.default_rng(12).standard_normal(SHAPE).astype(np.float32)
+    programs = {mode: mctvm.compile(model, K=0.5, skip=("last",), sparse=mode,
+                                    activation_dtype="uint8", shapes={"input": SHAPE})
+                for mode in ("dense", "csr", "bsr", "auto")}
+    want = programs["dense"](x, seed=3)
+    for mode in ("csr", "bsr", "auto"):
+        np.testing.assert_array_equal(programs[mode](x, seed=3), want, err_msg=mode)
+    rows = programs["auto"].report().rows  # the last layer is float
+    assert [(r["activation_dtype"], r["gemm_kernel"]) for r in rows[:2]] == [
+        ("int8", rows[0]["gemm_kernel"]), ("uint8", "dense")]
+    assert [r["gemm_kernel"] for r in programs["csr"].report().rows[:2]] == ["csr", "csr"]
+
+
 @pytest.mark.skipif(not _has("avx2"), reason="needs an x86 host with AVX2")
 def test_avx2_target_gives_the_same_outputs(model):
     """An AVX2-only target (8 lanes, pmaddwd without VNNI) on this host."""

@@ -13,8 +13,9 @@ Per sample of a batch x (batch first, float32) the kernel computes what
 with one xi per call shared by the whole batch, drawn in the kernel from the run-time seed:
 xi = uniform01(seed, stream, counter=0) (Philox4x32-10, see `random.py`); `xi_for(seed,
 stream)` gives the same number in numpy. Counts beyond the output type are saturated to
-its symmetric range ([-127, 127] for int8, [-32767, 32767] for int16), never wrapped, and
-counted in `stats`.
+its symmetric range ([-127, 127] for int8, [-32767, 32767] for int16), or to [0, 255] for
+uint8, never wrapped, and counted in `stats`. uint8 counts are for non-negative inputs: they
+store |count| (the caller proves x >= 0, see passes/non_negative.py).
 
 Blocked scan. A sample is cut into blocks of SCAN_BLOCK values. Each block sums |x| from 0
 (local_i, serial float64); block bases add up serially (base_0 = 0, base_{j+1} = base_j +
@@ -42,7 +43,7 @@ Parameters of the PrimFunc (destination-passing style, as R.call_tir expects):
 
     x      float32[shape]         the activations, batch first
     seed   int64[1]               the 64-bit seed (its bits; lo/hi words form the Philox key)
-    counts out_dtype[shape]       signed hit counts
+    counts out_dtype[shape]       signed hit counts (uint8: unsigned)
     scale  float32[batch]         f / N per sample (0 where f == 0)
     stats  int32[batch, 3]        [nonzero counts, max |count| before saturation
                                    (clipped to 2**31 - 1), saturated elements]
@@ -61,8 +62,8 @@ from .random import seed_words, uniform01, uniform01_np
 __all__ = ["sampling_prim_func", "cuda_sampling_prim_func", "xi_for", "num_samples",
            "COUNT_LIMITS"]
 
-# symmetric saturation ranges
-COUNT_LIMITS = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}
+# saturation ranges: symmetric for signed counts, [0, 255] for uint8
+COUNT_LIMITS = {"int8": 127, "int16": 32767, "int32": 2**31 - 1, "uint8": 255}
 _MAX_N = 2**52  # as in mctvm.mcq: N * P must stay exact-integer-safe in float64
 _INT32_MAX = 2**31 - 1
 # elements per scan block: the blocks of a sample are scanned in parallel (see the doc)
@@ -155,6 +156,18 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
         c = k + tirx.Cast(cdt, y - tirx.Cast("float64", k) > xi)
         return tirx.Select(last, tirx.const(N, cdt), tirx.Let(y, times_n(p / f), c))
 
+    if out_dtype.startswith("uint"):
+
+        @T.macro
+        def store_count(cv, i, q, x):  # non-negative inputs: the count is |count|
+            cv[i] = q
+
+    else:
+
+        @T.macro
+        def store_count(cv, i, q, x):
+            cv[i] = T.if_then_else(x < T.float32(0), -q, q)
+
     @T.macro
     def block_cumsum(xv, cs, cs0, b, j):
         # stage 1, scan block j of sample b: its own running float64 sum of |x| from 0
@@ -222,8 +235,8 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                 nnz[0] = nnz[0] + T.Cast("int32", hit != T.Cast(cdt, 0))
                 big[0] = T.max(big[0], hit)
                 sat[0] = sat[0] + T.Cast("int32", hit > T.Cast(cdt, lim))
-                q = T.Cast(out_dtype, T.min(hit, T.Cast(cdt, lim)))
-                cv[start + i] = T.if_then_else(xv[start + i] < T.float32(0), -q, q)
+                store_count(cv, start + i, T.Cast(out_dtype, T.min(hit, T.Cast(cdt, lim))),
+                            xv[start + i])
             bstats[t * 3] = nnz[0]
             bstats[t * 3 + 1] = T.Cast("int32", T.min(T.Cast("int64", big[0]),
                                                       T.int64(_INT32_MAX)))

@@ -1,5 +1,9 @@
 """InsertActivationSampling: sample each quantized GEMM/conv's input into integer counts at run
-time, run the GEMM in integers with int32 accumulation, and rescale once to float."""
+time, run the GEMM in integers with int32 accumulation, and rescale once to float.
+
+activation_dtype="uint8" gives uint8 counts to the layers whose input is provably
+non-negative (non_negative.py) and int8 counts to the others; uint8 counts meet int8
+weights as they are (u8 x s8: vpdpbusd on CPUs with VNNI)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from tvm.ir import GenericConst
 
 from ..kernels.activation_sampling import sampling_prim_func
 from .layers import gemm_kind
+from .non_negative import non_negative
 from .signature import SEED_PARAM, find_or_make, with_params
 from .plan_mcq_layers import read_layers, write_layers
 
@@ -36,6 +41,8 @@ class _Sampler(relax.PyExprMutator):
         x = call.args[0]
         shape = [int(d) for d in x.ty.shape]
         dtype = self.options.activation_dtype
+        if dtype == "uint8" and not non_negative(x, self.lookup_binding):
+            dtype = "int8"  # possibly negative input: signed counts
         n = int(np.prod(shape[1:]))
         layer.update({"input_shape": shape, "N_activations": int(np.floor(layer["K_activations"] * n + 0.5)),
                       "activation_dtype": dtype})
@@ -55,9 +62,11 @@ class _Sampler(relax.PyExprMutator):
         if isinstance(bound, relax.Call) and isinstance(bound.args[0], GenericConst):
             # Weights are counts too: integer GEMM, int32 accumulation.
             wq = bound.args[0].value.numpy()
-            wide = np.promote_types(wq.dtype, dtype)
-            lhs = counts if wide == np.dtype(dtype) else self.builder_.emit(
-                relax.op.astype(counts, wide.name))
+            # u8 x s8 stay as they are; otherwise both in the wider type (uint8 x int8 -> int16)
+            wide = wq.dtype if (dtype, wq.dtype.name) == ("uint8", "int8") \
+                else np.promote_types(wq.dtype, dtype)
+            lhs = counts if wide.itemsize == 1 or wide == np.dtype(dtype) else \
+                self.builder_.emit(relax.op.astype(counts, wide.name))
             acc = self.builder_.emit(_gemm(kind, call, lhs, relax.const(wq.astype(wide)), "int32"))
             acc = self.builder_.emit(relax.op.astype(acc, "float32"))
         else:  # float weights: a float GEMM over integer-valued activations

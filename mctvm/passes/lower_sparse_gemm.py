@@ -55,7 +55,7 @@ def integer_gemm(call) -> str | None:
     lhs, weight = call.args[0], call.args[1]
     if not isinstance(weight, GenericConst) or not str(weight.ty.dtype).startswith("int"):
         return None
-    if not str(lhs.ty.dtype).startswith("int") or lhs.ty.shape is None or not all(
+    if not str(lhs.ty.dtype).startswith(("int", "uint")) or lhs.ty.shape is None or not all(
             isinstance(d, tvm.tirx.IntImm) for d in lhs.ty.shape.values):
         return None  # the kernels are built for static shapes
     if kind == "matmul":
@@ -98,6 +98,14 @@ class _Lowerer(relax.PyExprMutator):
         lhs, weight = call.args[0], call.args[1].value.numpy()
         shape = [int(d) for d in lhs.ty.shape]
         mode = "dense" if self.mode == "auto" and self.options["device"] != "cpu" else self.mode
+        if str(lhs.ty.dtype) == "uint8":
+            # the sparse kernels take signed counts: uint8 ones stay dense under "auto" (u8 x
+            # s8 quads), or are widened to int16 for a sparse kernel asked for by name
+            if mode == "auto":
+                layer["gemm_kernel"] = "dense"
+                return call
+            lhs = self.builder_.emit(relax.op.astype(lhs, "int16"))
+            weight = weight.astype(np.int16)
         measured = kind == "matmul" or [int(s) for s in call.attrs.strides] == [1, 1]
         layer["gemm_kernel"] = choose(kind, weight, shape[0], mode, measured)
         if layer["gemm_kernel"] == "dense":
