@@ -1,7 +1,8 @@
 """The issue-4 benchmark matrix: onnxruntime against mctvm, side by side, on this CPU.
 
     python bench/bench_matrix.py [--models fmnist-vgg7,resnet18,minilm-2l] [--batches 1,64]
-                                 [--K 1 2 5] [--trials 32] [--repeat 10] [--quick]
+                                 [--K 1 2 5] [--activation-dtype int16 uint8] [--trials 32]
+                                 [--repeat 10] [--quick]
 
 Models: the built-in Fashion-MNIST VGG-7; a ResNet-18-shaped network (synthetic.resnet18,
 random weights, BatchNorm in the graph) on 224x224 images at batch 1 and 112x112 at larger
@@ -10,14 +11,15 @@ batches (224x224 x 64 takes seconds per call on 2 cores); a MiniLM-shaped encode
 Programs: onnxruntime float; onnxruntime int8 (quantize_static, QDQ, u8 activations and s8
 weights calibrated on 4 random batches, for the CNNs; quantize_dynamic for the transformer; the
 other one when the preferred one fails); mctvm float untuned (default schedules) and tuned;
-mctvm MCQ at each K as dense integer GEMMs (sparse="dense") and sparse ones (sparse="auto"),
-tuned. Tuning is `mctvm.tune` with --trials trials per program; while mctvm has no `tune`
-the tuned float column is n/a and MCQ programs run untuned (trials 0), and while MCQ has no
-`sparse=` option the sparse rows are n/a. All programs use every core; times are medians.
+mctvm MCQ at each K (and each --activation-dtype, int16 by default) as dense integer GEMMs
+(sparse="dense") and sparse ones (sparse="auto"), tuned. Tuning is `mctvm.tune` with
+--trials trials per program; while mctvm has no `tune` the tuned float column is n/a and MCQ
+programs run untuned (trials 0), and while MCQ has no `sparse=` option the sparse rows are
+n/a. All programs use every core; times are medians.
 The `target` column checks the issue's goals: mctvm's untuned float path within 1.5x of
 onnxruntime float, MCQ faster than onnxruntime float and not slower than onnxruntime int8.
 
-Then each model's biggest GEMM/conv alone (at the largest batch) as a one-node model: its
+Then each model's biggest GEMM/conv alone (at the largest batch), after a Relu: its
 kernel's time from CompiledModel.profile() and its GFLOP/s (float) or GOP/s (integer) against
 this CPU's peak. --quick: batches 1 and 8, 64x64 ResNet images, 3 repeats, 4 trials.
 Writes bench/out/matrix.{txt,json,csv,png}; tuning logs go to bench/out/tuning/.
@@ -114,14 +116,19 @@ def build(proto, shape, K, options, tune_dir, trials):
     return mctvm.compile(proto, K=K, shapes=shapes, tuning=str(tune_dir), **options)
 
 
-def programs(K_values, tuning, sparse):
-    """(program, K, MCQ options, tuned, why not available) for each mctvm column."""
+def programs(K_values, tuning, sparse, dtypes=("int16",)):
+    """(program, K, MCQ options, tuned, why not available) for each mctvm column; MCQ
+    programs with activation counts other than int16 name their type."""
     yield "mctvm float untuned", None, {}, False, None
     yield "mctvm float tuned", None, {}, True, None if tuning else NA_TUNING
     for K in K_values:
-        yield f"mctvm MCQ K={K:g} dense", K, {"sparse": "dense"} if sparse else {}, tuning, None
-        yield (f"mctvm MCQ K={K:g} sparse", K, {"sparse": "auto"}, tuning,
-               None if sparse else NA_SPARSE)
+        for dtype in dtypes:
+            name = f"K={K:g}" if dtype == "int16" else f"K={K:g} {dtype}"
+            typed = {} if dtype == "int16" else {"activation_dtype": dtype}
+            yield (f"mctvm MCQ {name} dense", K, {"sparse": "dense", **typed} if sparse else typed,
+                   tuning, None)
+            yield (f"mctvm MCQ {name} sparse", K, {"sparse": "auto", **typed}, tuning,
+                   None if sparse else NA_SPARSE)
 
 
 def target(program, vs_float, vs_int8):
@@ -133,7 +140,7 @@ def target(program, vs_float, vs_int8):
     return "-"
 
 
-def matrix(models, batches, K_values, trials, repeat, quick):
+def matrix(models, batches, K_values, trials, repeat, quick, dtypes=("int16",)):
     tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
     for name in models:
@@ -147,7 +154,8 @@ def matrix(models, batches, K_values, trials, repeat, quick):
             ort_int8_ms = time_ms(lambda: int8.run(None, feed), repeat=repeat)
             results = [("onnxruntime float", 0, ort_float),
                        (f"onnxruntime int8 {method}", 0, ort_int8_ms)]
-            for program, K, options, tuned, missing in programs(K_values, tuning, sparse):
+            for program, K, options, tuned, missing in programs(K_values, tuning, sparse,
+                                                                dtypes):
                 if missing:
                     results.append((program, 0, missing))
                     continue
@@ -188,7 +196,9 @@ def cpu_peak():
 
 def biggest_gemm(proto, shape):
     """The Conv/Gemm/MatMul with a constant weight and the most multiply-adds at input `shape`,
-    as a one-node model: (description, model, its input shape, operations = 2 x MACs)."""
+    as a model of that node after a Relu (its input is non-negative, as in these networks, so
+    activation_dtype="uint8" gives it uint8 counts): (description, model, its input shape,
+    operations = 2 x MACs)."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
     for dim, size in zip(fixed.graph.input[0].type.tensor_type.shape.dim, shape):
@@ -207,21 +217,26 @@ def biggest_gemm(proto, shape):
                 if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in weights), key=macs)
     io = [helper.make_tensor_value_info(t, TensorProto.FLOAT, dims[t])
           for t in (node.input[0], node.output[0])]
+    relu = helper.make_node("Relu", [node.input[0]], ["relu_out"], name="relu")
+    gemm = onnx.NodeProto()
+    gemm.CopyFrom(node)
+    gemm.input[0] = "relu_out"
     model = helper.make_model(
-        helper.make_graph([node], "kernel", io[:1], io[1:], [weights[t] for t in node.input[1:]]),
+        helper.make_graph([relu, gemm], "kernel", io[:1], io[1:],
+                          [weights[t] for t in node.input[1:]]),
         opset_imports=proto.opset_import)
     text = f"{node.op_type} {dims[node.input[0]]} x {list(weights[node.input[1]].dims)}"
     return text, model, tuple(dims[node.input[0]]), 2.0 * macs(node)
 
 
-def kernel_rows(models, batch, K, trials, repeat, quick, peak):
+def kernel_rows(models, batch, K, trials, repeat, quick, peak, dtypes=("int16",)):
     """The biggest GEMM/conv of each model, alone: float untuned, float tuned, MCQ K dense."""
     tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
     for name in models:
         label, proto, shape = make_model(name, batch, quick)
         text, kernel, kernel_shape, ops = biggest_gemm(proto, shape)
-        for program, k, options, tuned, missing in programs([K], tuning, sparse):
+        for program, k, options, tuned, missing in programs([K], tuning, sparse, dtypes):
             if missing or "sparse" in program:
                 continue
             options = {**options, "skip": ()} if k is not None else options
@@ -274,6 +289,9 @@ def main():
     parser.add_argument("--models", default="fmnist-vgg7,resnet18,minilm-2l")
     parser.add_argument("--batches", help="comma-separated; default 1,64 (--quick: 1,8)")
     parser.add_argument("--K", type=float, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--activation-dtype", nargs="+", default=["int16"],
+                        choices=["int16", "int8", "uint8"],
+                        help="MCQ activation count types, each a row; default int16")
     parser.add_argument("--trials", type=int, help="tuning trials per program (0: no tuning); default 32 "
                         "(--quick: 4)")
     parser.add_argument("--repeat", type=int, help="timing samples; default 10 (--quick: 3)")
@@ -284,9 +302,11 @@ def main():
     repeat = args.repeat or (3 if args.quick else 10)
     models = args.models.split(",")
 
-    rows = matrix(models, batches, args.K, trials, repeat, args.quick)
+    dtypes = args.activation_dtype
+    rows = matrix(models, batches, args.K, trials, repeat, args.quick, dtypes)
     peak, assumptions = cpu_peak()
-    kernels = kernel_rows(models, max(batches), max(args.K), trials, repeat, args.quick, peak)
+    kernels = kernel_rows(models, max(batches), max(args.K), trials, repeat, args.quick, peak,
+                          dtypes)
     header = f"{machine()}, load average {os.getloadavg()[0]:.2f}; median of {repeat}"
     text = print_table(rows, f"latency per batch, ms; {header}; resnet18@N: NxN images")
     text += "\n\n" + print_table(
