@@ -1,9 +1,10 @@
 """Whether a Relax value is provably non-negative at compile time: the test that lets MCQ
 store a layer's activation counts unsigned (activation_dtype="uint8").
 
-A Relu (or a clip with min >= 0) is non-negative, and so is what ops that only move,
-select or average values make of non-negative inputs: pooling, reshapes, transposes,
-slices, concatenation, zero padding. Anything else is not provably so.
+A Relu, a clip with min >= 0, abs, exp, sigmoid, sqrt and softmax are non-negative, and so
+is what ops that only move, select or average values make of non-negative inputs (pooling,
+reshapes, transposes, slices, concatenation, casts, zero padding), as are sums, products,
+maxima and minima of non-negative values. Anything else is not provably so.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from tvm.ir import GenericConst
 
 _NON_NEGATIVE = {"relax.nn.relu", "relax.abs", "relax.sigmoid", "relax.exp",
                  "relax.sqrt", "relax.nn.softmax"}
-# ops whose output is non-negative when all their tensor inputs are
+# ops whose output is non-negative when their data input (the first argument) is
 _PRESERVING = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
                "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
-               "relax.expand_dims", "relax.strided_slice", "relax.concat", "relax.astype",
-               "relax.maximum", "relax.minimum", "relax.add", "relax.multiply"}
+               "relax.expand_dims", "relax.strided_slice", "relax.concat", "relax.astype"}
+# binary ops whose output is non-negative when both inputs are
+_BINARY = {"relax.add", "relax.multiply", "relax.maximum", "relax.minimum"}
 
 
 def non_negative(expr, lookup, depth: int = 32) -> bool:
@@ -44,6 +46,7 @@ def non_negative(expr, lookup, depth: int = 32) -> bool:
     if name == "relax.nn.pad":
         return float(expr.attrs.pad_value) >= 0 and non_negative(expr.args[0], lookup, depth - 1)
     if name in _PRESERVING:
-        return all(non_negative(a, lookup, depth - 1) for a in expr.args
-                   if isinstance(getattr(a, "ty", None), (relax.TensorType, tvm.ir.TupleType)))
+        return non_negative(expr.args[0], lookup, depth - 1)
+    if name in _BINARY:
+        return all(non_negative(a, lookup, depth - 1) for a in expr.args[:2])
     return False
