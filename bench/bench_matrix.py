@@ -11,7 +11,7 @@ batches (224x224 x 64 takes seconds per call on 2 cores); a MiniLM-shaped encode
 Programs: onnxruntime float; onnxruntime int8 (quantize_static, QDQ, u8 activations and s8
 weights calibrated on 4 random batches, for the CNNs; quantize_dynamic for the transformer; the
 other one when the preferred one fails); mctvm float untuned (default schedules) and tuned;
-mctvm MCQ at each K (and each --activation-dtype, int16 by default) as dense integer GEMMs
+mctvm MCQ at each K (and each --activation-dtype; mctvm's default, auto) as dense integer GEMMs
 (sparse="dense") and sparse ones (sparse="auto"), tuned. Tuning is `mctvm.tune` with
 --trials trials per program; while mctvm has no `tune` the tuned float column is n/a and MCQ
 programs run untuned (trials 0), and while MCQ has no `sparse=` option the sparse rows are
@@ -40,7 +40,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import mctvm
-from mctvm.mcq_options import MCQOptions
+from mctvm.mcq_options import ACTIVATION_DTYPES, MCQOptions
 from mctvm.models import default_model, synthetic
 
 from common import OUT, machine, ort_session, print_table, random_input, save, save_csv, time_ms
@@ -116,15 +116,15 @@ def build(proto, shape, K, options, tune_dir, trials):
     return mctvm.compile(proto, K=K, shapes=shapes, tuning=str(tune_dir), **options)
 
 
-def programs(K_values, tuning, sparse, dtypes=("int16",)):
+def programs(K_values, tuning, sparse, dtypes=("auto",)):
     """(program, K, MCQ options, tuned, why not available) for each mctvm column; MCQ
-    programs with activation counts other than int16 name their type."""
+    programs with activation counts other than the default ("auto") name their type."""
     yield "mctvm float untuned", None, {}, False, None
     yield "mctvm float tuned", None, {}, True, None if tuning else NA_TUNING
     for K in K_values:
         for dtype in dtypes:
-            name = f"K={K:g}" if dtype == "int16" else f"K={K:g} {dtype}"
-            typed = {} if dtype == "int16" else {"activation_dtype": dtype}
+            name = f"K={K:g}" if dtype == "auto" else f"K={K:g} {dtype}"
+            typed = {} if dtype == "auto" else {"activation_dtype": dtype}
             yield (f"mctvm MCQ {name} dense", K, {"sparse": "dense", **typed} if sparse else typed,
                    tuning, None)
             yield (f"mctvm MCQ {name} sparse", K, {"sparse": "auto", **typed}, tuning,
@@ -140,7 +140,7 @@ def target(program, vs_float, vs_int8):
     return "-"
 
 
-def matrix(models, batches, K_values, trials, repeat, quick, dtypes=("int16",)):
+def matrix(models, batches, K_values, trials, repeat, quick, dtypes=("auto",)):
     tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
     for name in models:
@@ -261,7 +261,7 @@ def biggest_gemm(proto, shape):
     return text, model, tuple(dims[node.input[0]]), 2.0 * macs(node)
 
 
-def kernel_rows(models, batch, K, trials, repeat, quick, peak, dtypes=("int16",)):
+def kernel_rows(models, batch, K, trials, repeat, quick, peak, dtypes=("auto",)):
     """The biggest GEMM/conv of each model, alone: float untuned, float tuned, MCQ K dense."""
     tuning, sparse = hasattr(mctvm, "tune") and trials > 0, has_sparse()
     rows = []
@@ -321,9 +321,9 @@ def main():
     parser.add_argument("--models", default="fmnist-vgg7,resnet18,minilm-2l")
     parser.add_argument("--batches", help="comma-separated; default 1,64 (--quick: 1,8)")
     parser.add_argument("--K", type=float, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--activation-dtype", nargs="+", default=["int16"],
-                        choices=["int16", "int8", "uint8"],
-                        help="MCQ activation count types, each a row; default int16")
+    parser.add_argument("--activation-dtype", nargs="+", default=["auto"],
+                        choices=list(ACTIVATION_DTYPES),
+                        help="MCQ activation count types, each a row; default auto (mctvm's)")
     parser.add_argument("--trials", type=int, help="tuning trials per program (0: no tuning); default 32 "
                         "(--quick: 4)")
     parser.add_argument("--repeat", type=int, help="timing samples; default 10 (--quick: 3)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MctvmError
+from .mcq_options import ACTIVATION_DTYPES
 
 
 def _shape_option(text: str):
@@ -49,7 +50,7 @@ def _add_mcq_arguments(p):
     p.add_argument("--order", default="sign", choices=["sign", "natural"],
                    help="the weights' CDF order: each output channel's positives, then its "
                         "negatives (sign), or the tensor's own (natural)")
-    p.add_argument("--activation-dtype", default="int16", choices=["int16", "int8", "uint8"])
+    p.add_argument("--activation-dtype", default="auto", choices=list(ACTIVATION_DTYPES))
     p.add_argument("--sparse", default="auto", choices=["auto", "dense", "csr", "bsr"],
                    help="integer GEMM kernels: by measured sparsity (auto), or forced")
 

@@ -43,9 +43,12 @@ def compile(  # pylint: disable=redefined-builtin
     K_weights, K_activations, layer_K={onnx node name: K}, quantize=("weights",
     "activations"), skip=("first",) ("last" and node names allowed; () quantizes all),
     sort=False, normalize="layer"|"channel", order="sign"|"natural" (the weights' CDF order,
-    mcq.sample_counts), activation_dtype="int16"|"int8"|"uint8" (uint8 where a
-    layer's input is provably non-negative, int8 elsewhere), seed=0 (the weights' jitter), sparse="auto"|"dense"|"csr"|"bsr" (integer GEMM kernels: chosen per
-    layer from the weights' sparsity, or forced).
+    mcq.sample_counts), activation_dtype="auto"|"int16"|"int8"|"uint8" (auto: uint8
+    where a layer's input is provably non-negative and K_activations <= 5, unless sparse
+    kernels are forced, else int16; uint8: uint8 where non-negative, int8 elsewhere),
+    seed=0 (the weights' jitter),
+    sparse="auto"|"dense"|"csr"|"bsr" (integer GEMM kernels: chosen per layer from the
+    weights' sparsity, or forced).
     `mca` adds Monte Carlo Arithmetic noise for MCDA: True, or a dict with mode ("mca",
     "pb", "rr"), layers (GEMM/conv positions, None = all) and convention ("paper",
     "verificarlo", "mcalib"); the program then takes `t=` (virtual precision) and `seed=`.

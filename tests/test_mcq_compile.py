@@ -31,20 +31,22 @@ def _maxpool2(x):
 
 
 def _emulate(model, x, K, seed, compile_seed=0):
-    """The synthetic CNN with every layer's weights and inputs quantized by mctvm.mcq."""
+    """The synthetic CNN with every layer's weights and inputs quantized by mctvm.mcq (K: one
+    for all layers, or a list of one per layer)."""
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     stats = []
     h = x
     for index, node in enumerate(convs):
+        k = K[index] if isinstance(K, list) else K
         w, bias = init[node.input[1]], init[node.input[2]]
         if node.op_type == "Gemm":
             h = h.reshape(h.shape[0], -1)
             w = w.T  # transB: the compiled program's weight is (in, out)
         # the weights' CDF runs output channel by output channel, positives before negatives
-        wq = mcq.sample_counts(w, K, weight_xi(compile_seed, index),
+        wq = mcq.sample_counts(w, k, weight_xi(compile_seed, index),
                                axis=1 if node.op_type == "Gemm" else 0, order="sign")
-        aq = mcq.activation_counts(h, K, xi_for(seed, index), scan_block=SCAN_BLOCK)
+        aq = mcq.activation_counts(h, k, xi_for(seed, index), scan_block=SCAN_BLOCK)
         stats.append(aq)
         acc = _conv3x3(aq.counts, wq.counts) if node.op_type == "Conv" else aq.counts @ wq.counts
         scale = np.asarray(aq.scale, np.float32).reshape(-1, *([1] * (acc.ndim - 1)))
@@ -89,6 +91,20 @@ def test_uint8_counts_where_inputs_are_non_negative(model):
     for row, aq in zip(report.rows, stats):
         assert row["saturated"] == 0 and row["max_activation_count"] == int(np.abs(aq.counts).max())
         assert row["activation_sparsity"] == pytest.approx(float(np.mean(aq.counts == 0)), abs=2e-3)
+
+
+def test_auto_counts_uint8_where_non_negative_up_to_K_5(model):
+    """The default activation_dtype="auto": uint8 after a Relu while K_activations <= 5, int16
+    for the possibly negative first input and for larger K (here one layer's, by layer_K);
+    the program still matches the emulation."""
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    names = [r["name"] for r in mctvm.compile(model, K=2, skip=(), shapes={"input": SHAPE})
+             .report().rows]
+    compiled = mctvm.compile(model, K=2, skip=(), layer_K={names[2]: 8}, shapes={"input": SHAPE})
+    assert [r["activation_dtype"] for r in compiled.report().rows] == ["int16", "uint8", "int16"]
+    got = compiled(x, seed=7)
+    want, _ = _emulate(model, x, [2, 2, 8], 7)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def _relu_conv_model(channels=3):

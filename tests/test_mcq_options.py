@@ -72,9 +72,13 @@ def test_unknown_compile_option_is_a_clear_error():
         mctvm.compile(synthetic.cnn(), K=5, kk=3, shapes={"input": (1, 1, 16, 16)})
 
 
-@pytest.mark.parametrize("dtype", ["int16", "int8", "uint8"])
+@pytest.mark.parametrize("dtype", ["auto", "int16", "int8", "uint8"])
 def test_activation_dtypes(dtype):
     assert MCQOptions.from_args(5, activation_dtype=dtype).activation_dtype == dtype
+
+
+def test_activation_dtype_defaults_to_auto():
+    assert MCQOptions.from_args(5).activation_dtype == "auto"
 
 
 def test_bad_activation_dtype_lists_the_choices():

@@ -2,8 +2,10 @@
 time, run the GEMM in integers with int32 accumulation, and rescale once to float.
 
 activation_dtype="uint8" gives uint8 counts to the layers whose input is provably
-non-negative (non_negative.py) and int8 counts to the others; uint8 counts meet int8
-weights as they are (u8 x s8: vpdpbusd on CPUs with VNNI)."""
+non-negative (non_negative.py) and int8 counts to the others; "auto" (the default) gives
+uint8 counts to those layers up to K_activations = AUTO_UINT8_MAX_K (unless the sparse
+kernels are forced) and int16 to the rest.
+uint8 counts meet int8 weights as they are (u8 x s8: vpdpbusd on CPUs with VNNI)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 from ..kernels.activation_sampling import sampling_prim_func
+from ..mcq_options import AUTO_UINT8_MAX_K
 from .layers import gemm_kind
 from .non_negative import non_negative
 from .signature import SEED_PARAM, find_or_make, with_params
@@ -40,9 +43,8 @@ class _Sampler(relax.PyExprMutator):
             return call
         x = call.args[0]
         shape = [int(d) for d in x.ty.shape]
-        dtype = self.options.activation_dtype
-        if dtype == "uint8" and not non_negative(x, self.lookup_binding):
-            dtype = "int8"  # possibly negative input: signed counts
+        dtype = _count_dtype(self.options, layer["K_activations"],
+                             non_negative(x, self.lookup_binding))
         n = int(np.prod(shape[1:]))
         layer.update({"input_shape": shape, "N_activations": int(np.floor(layer["K_activations"] * n + 0.5)),
                       "activation_dtype": dtype})
@@ -75,6 +77,19 @@ class _Sampler(relax.PyExprMutator):
         rank = len(acc.ty.shape)
         per_sample = self.builder_.emit(relax.op.reshape(scale, [shape[0]] + [1] * (rank - 1)))
         return relax.op.multiply(acc, per_sample)
+
+
+def _count_dtype(options, K: float, unsigned: bool) -> str:
+    """The activation counts' type for a layer, from the options, its K and whether its input
+    is provably non-negative. "auto" leaves uint8 out where the sparse kernels are forced:
+    they take signed 16-bit counts."""
+    option = options.activation_dtype
+    if option == "auto":
+        fits = unsigned and K <= AUTO_UINT8_MAX_K and options.sparse not in ("csr", "bsr")
+        return "uint8" if fits else "int16"
+    if option == "uint8" and not unsigned:
+        return "int8"  # possibly negative input: signed counts
+    return option
 
 
 def _gemm(kind, call, lhs, rhs, out_dtype):
