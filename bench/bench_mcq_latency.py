@@ -2,9 +2,9 @@
 
     python bench/bench_mcq_latency.py [--repeat 10]
 
-Batch 1 and 64; MCQ at K = 1, 2, 5 with int16 and int8 activation counts; the share of the
-program's time spent in activation sampling (VM instrumentation). Writes
-bench/out/mcq_latency.{txt,json}.
+Batch 1 and 64; MCQ at K = 1, 2, 5 with the default activation counts ("auto": uint8 after a
+Relu up to K = 5), int16 and int8; the share of the program's time spent in activation
+sampling (VM instrumentation). Writes bench/out/mcq_latency.{txt,json}.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main():
             x, repeat=args.repeat).median_ms
         rows.append({"batch": batch, "program": "float", "ms": float_ms, "x float": 1.0,
                      "x onnxruntime": float_ms / ort_ms, "sampling share": 0.0})
-        for dtype in ("int16", "int8"):
+        for dtype in ("auto", "int16", "int8"):
             for K in args.K:
                 compiled = mctvm.compile(proto, K=K, activation_dtype=dtype,
                                          shapes={"input": shape})
