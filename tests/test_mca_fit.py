@@ -1,7 +1,6 @@
 """Tests for mctvm.mca_fit: the MCALIB regression (K, t_min) of MCA trials."""
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,8 @@ from mctvm import mca_fit
 from mctvm.mca_fit import fit, fit_from_file, fit_rsd, read_mcalib, relative_std
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("MCTVM_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared"
-
-
-LINPACK = _shared_dir() / "testdata" / "mcalib-linpack.res"
+# MCALIB's LINPACK trials: a copy of shared/testdata/mcalib-linpack.res, shipped with the tests
+LINPACK = Path(__file__).parent / "data" / "mcalib-linpack.res"
 
 
 def _exact_samples(t_values, c=1.0, mu=1.0, low_t_rsd=None):
@@ -39,8 +32,6 @@ def _exact_samples(t_values, c=1.0, mu=1.0, low_t_rsd=None):
 # --------------------------------------------------------------------------- reference
 
 
-@pytest.mark.skipif(not LINPACK.is_file(), reason=f"MCALIB reference data not found at {LINPACK} "
-                    "(set MCTVM_SHARED to the shared/ directory)")
 def test_mcalib_linpack_reference():
     f = fit_from_file(LINPACK)
     # Values printed by the MCALIB R script (R/mca.r) on this file.
@@ -58,7 +49,6 @@ def test_mcalib_linpack_reference():
     assert "t_min = 13" in text and "5.14556" in text and "paper: 2^(E-t)" in text
 
 
-@pytest.mark.skipif(not LINPACK.is_file(), reason=f"MCALIB reference data not found at {LINPACK}")
 def test_read_mcalib_linpack_shape():
     t, samples = read_mcalib(LINPACK)
     assert t.dtype.kind == "i" and t.tolist() == list(range(1, 54))

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,29 +15,11 @@ from mctvm import mcq
 from mctvm.mcq import MCQError, activation_counts, int_dtype_for, sample_counts
 
 # ---------------------------------------------------------------------------
-# reference vectors (shared/testdata/mcq-vectors.json)
+# reference vectors: a copy of shared/testdata/mcq-vectors.json, shipped with the tests
+
+_CASES = json.loads((Path(__file__).parent / "data" / "mcq-vectors.json").read_text())["cases"]
 
 
-def _vectors_path():
-    p = Path(__file__).resolve().parents[2] / "shared/testdata/mcq-vectors.json"
-    if p.is_file():
-        return p
-    env = os.environ.get("MCTVM_SHARED")
-    if env and (Path(env) / "testdata/mcq-vectors.json").is_file():
-        return Path(env) / "testdata/mcq-vectors.json"
-    return None
-
-
-_VEC = _vectors_path()
-_CASES = json.loads(_VEC.read_text())["cases"] if _VEC else []
-needs_vectors = pytest.mark.skipif(
-    _VEC is None,
-    reason="shared/testdata/mcq-vectors.json not found next to the checkout; "
-    "set MCTVM_SHARED=/path/to/shared",
-)
-
-
-@needs_vectors
 @pytest.mark.parametrize("case", _CASES, ids=[c["name"] for c in _CASES])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_reference_vectors(case, dtype):
@@ -51,7 +32,6 @@ def test_reference_vectors(case, dtype):
     assert r.scale == pytest.approx(case["l1"] / case["N"], rel=1e-6)
 
 
-@needs_vectors
 def test_reference_sort_case_needs_a_stable_sort():
     """'tiny-sorted' has |0.125| == |-0.125|: only the stable tie order matches."""
     case = next(c for c in _CASES if c["name"] == "tiny-sorted")
