@@ -309,7 +309,8 @@ def _hits_rows(v2: np.ndarray, K: float, xi: np.ndarray, arrangement, what: str,
 
     Two passes over cache-sized tiles (the memory traffic of a few whole-array
     passes, not a dozen); the arithmetic is exactly the module docstring's, or with
-    `scan_block` that of a blocked parallel scan (_blocked_cumsum).
+    `scan_block` that of mctvm's run-time kernel: a blocked parallel scan (_blocked_cumsum)
+    and y = cs * (N / f), a single division per row.
     """
     R, n = v2.shape
     N = _num_samples(K, n, what)
@@ -354,10 +355,13 @@ def _hits_rows(v2: np.ndarray, K: float, xi: np.ndarray, arrangement, what: str,
         t = buf_t[: r * w].reshape(r, w)
         d = buf_d[: r * w].reshape(r, w)
         k = buf_k[: r * w].reshape(r, w)
-        np.divide(cs[rs, c0:c1], fs[rs, None], out=t)  # P = cs / f
+        if scan_block:  # the run-time kernel's arithmetic: y = cs * (N / f), one division
+            np.multiply(cs[rs, c0:c1], float(N) / fs[rs, None], out=t)
+        else:
+            np.divide(cs[rs, c0:c1], fs[rs, None], out=t)  # P = cs / f
+            t *= float(N)  # y = N * P
         if c1 == m:
-            t[:, -1] = 1.0  # P_last = 1 exactly
-        t *= float(N)  # y = N * P
+            t[:, -1] = float(N)  # P_last = 1 exactly
         np.floor(t, out=k)
         t -= k  # frac(y), exact
         np.greater(t, xi[rs, None], out=t)  # 1.0 where frac(y) > xi
@@ -445,9 +449,10 @@ def activation_counts(x, K, xi, *, per_sample=True, scan_block=None) -> MCQResul
     array of length batch. per_sample=False: one CDF over the whole batch.
     Returns an MCQResult with int64 counts shaped like x and scale (and N, l1)
     of shape (batch,), so that x ~ counts * scale[:, None, ...].
-    scan_block=L: the cumulative sum in the order of a blocked parallel scan (blocks of L
-    values, as mctvm's run-time kernel computes it: count for count the same); it differs
-    from the serial one only in float64 rounding, so counts move by at most 1, rarely.
+    scan_block=L: the arithmetic of mctvm's run-time kernel (count for count the same): the
+    cumulative sum in the order of a blocked parallel scan (blocks of L values), and
+    N * P_i as cs_i * (N / f); it differs from the serial reference only in float64
+    rounding, so counts move by at most 1, rarely.
     """
     v = _as_float_array(x)
     K = _check_K(K)

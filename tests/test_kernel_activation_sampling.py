@@ -165,14 +165,15 @@ def test_host_cpu_target_is_also_exact():
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_no_fused_multiply_add(batch):
-    # an FMA-capable CPU: LLVM must not contract N * P - k
+    # an FMA-capable CPU: LLVM must not contract y = cs * r into y - k
     ex = tvm.compile(sampling_prim_func((batch, 3000), 5, 0, name="main"),
                      target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
     asm = ex.mod.inspect_source("asm")
-    assert "vdivsd" in asm or "vdivpd" in asm  # P = cs / f: the kernel is there
+    assert "vdivsd" in asm  # r = N / f, once per scan block: the kernel is there
     assert not re.findall(r"\bv?fn?m(add|sub)\w*", asm)
-    if batch > 1:  # one task per sample: P = cs / f runs in SIMD lanes
-        assert "vdivpd" in asm
+    assert "vdivpd" not in asm  # no division per value
+    if batch > 1:  # one task per sample: y = cs * r runs in SIMD lanes
+        assert "vmulpd" in asm
 
 
 def test_saturation_int8():

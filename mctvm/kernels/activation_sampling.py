@@ -5,8 +5,9 @@ Per sample of a batch x (batch first, float32) the kernel computes what
 
     n = elements per sample,  N = floor(K * n + 1/2)    (fixed at build time: shapes are static)
     cs_i = cumsum |x| in float64, as a blocked scan (below);  f = cs_{n-1}
-    P_i = cs_i / f;  P_{n-1} = 1
-    y = N * P_i;  k = floor(y);  c_i = k + (y - k > xi)  (= ceil(y - xi), exactly)
+    r = N / f (once per sample);  y_i = cs_i * r,  y_{n-1} = N   (N * P_i, P_i = cs_i / f, with
+    one division per sample instead of one per value: the count loop was division bound)
+    k = floor(y);  c_i = k + (y - k > xi)  (= ceil(y - xi), exactly)
     count_i = sign(x_i) * (c_i - c_{i-1}),  c_{-1} = 0
     scale = f / N (float64, stored as float32); all counts 0 and scale 0 where f == 0
 
@@ -140,24 +141,24 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
 
     if cuda:
 
-        def times_n(p):  # never contracted into an FMA by nvcc
-            return tirx.call_pure_extern("float64", "__dmul_rn", tirx.const(Nf, "float64"), p)
+        def times(p, r):  # never contracted into an FMA by nvcc
+            return tirx.call_pure_extern("float64", "__dmul_rn", p, r)
 
     else:
 
-        def times_n(p):
-            return tirx.const(Nf, "float64") * p
+        def times(p, r):
+            return p * r
 
     def xi_expr(seed_value):
         return uniform01(*seed_words(seed_value), stream, 0)
 
-    def ceil_count(p, f, xi):
-        # c = ceil(N * p / f - xi), exactly. y is bound once (a Let), so its product has two
-        # uses and is never contracted into an FMA.
+    def ceil_count(p, r, xi):
+        # c = ceil(p * r - xi) (r = N / f), exactly. y is bound once (a Let), so its product
+        # has two uses and is never contracted into an FMA.
         y = tirx.Var("y", "float64")
         k = tirx.Cast(cdt, y)  # = floor(y): y >= 0
         c = k + tirx.Cast(cdt, y - tirx.Cast("float64", k) > xi)
-        return tirx.Let(y, times_n(p / f), c)
+        return tirx.Let(y, times(p, r), c)
 
     if out_dtype.startswith("uint"):
 
@@ -214,6 +215,7 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
         length = T.min(L, n - j * L)
         # loop invariants bound to registers: loads in the count loop become gathers
         f: T.float64 = total[b]
+        r: T.float64 = T.float64(Nf) / T.max(f, T.float64(1e-300))  # unused where f == 0
         block_base: T.float64 = base[t]
         block_xi: T.float64 = xi
         if f == T.float64(0):
@@ -227,9 +229,9 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             # then c of each value (a loop without dependences, vectorised), then the hits
             c = T.alloc_buffer((L + 1,), cdt, scope="local")
             c[0] = T.if_then_else(j == 0, T.Cast(cdt, 0),
-                                  ceil_count(block_base, f, block_xi))
+                                  ceil_count(block_base, r, block_xi))
             for i in T.serial(length):
-                c[i + 1] = ceil_count(block_base + cs[cs0 + j * L + i], f, block_xi)
+                c[i + 1] = ceil_count(block_base + cs[cs0 + j * L + i], r, block_xi)
             if j == nb - 1:
                 c[length] = T.Cast(cdt, N)  # the sample's last c is N (P = 1)
             nnz = T.alloc_buffer((1,), "int32", scope="local")
