@@ -181,20 +181,27 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             acc[0] = acc[0] + T.Cast("float64", T.fabs(xv[b * n + j * L + i]))
             cs[cs0 + j * L + i] = acc[0]
 
+    groups = full // SCAN_INTERLEAVE  # groups of SCAN_INTERLEAVE full blocks
+
+    @T.macro
+    def group_cumsums(xv, cs, b, q):
+        # stage 1 for full blocks q * SCAN_INTERLEAVE + g of sample b, side by side (their
+        # chains of float64 adds are independent and overlap)
+        acc = T.alloc_buffer((SCAN_INTERLEAVE,), "float64", scope="local")
+        for g in T.unroll(SCAN_INTERLEAVE):
+            acc[g] = T.float64(0)
+        for i in T.serial(L):
+            for g in T.unroll(SCAN_INTERLEAVE):
+                acc[g] = acc[g] + T.Cast(
+                    "float64", T.fabs(xv[b * n + (q * SCAN_INTERLEAVE + g) * L + i]))
+                cs[(q * SCAN_INTERLEAVE + g) * L + i] = acc[g]
+
     @T.macro
     def sample_cumsums(xv, cs, b):
-        # stage 1 for all of sample b, SCAN_INTERLEAVE full blocks side by side (their chains
-        # of float64 adds are independent and overlap), then the rest one by one
-        acc = T.alloc_buffer((SCAN_INTERLEAVE,), "float64", scope="local")
-        for q in T.serial(full // SCAN_INTERLEAVE):
-            for g in T.unroll(SCAN_INTERLEAVE):
-                acc[g] = T.float64(0)
-            for i in T.serial(L):
-                for g in T.unroll(SCAN_INTERLEAVE):
-                    acc[g] = acc[g] + T.Cast(
-                        "float64", T.fabs(xv[b * n + (q * SCAN_INTERLEAVE + g) * L + i]))
-                    cs[(q * SCAN_INTERLEAVE + g) * L + i] = acc[g]
-        for j in T.serial(full - full % SCAN_INTERLEAVE, nb):
+        # stage 1 for all of sample b: the groups, then the other blocks one by one
+        for q in T.serial(groups):
+            group_cumsums(xv, cs, b, q)
+        for j in T.serial(groups * SCAN_INTERLEAVE, nb):
             block_cumsum(xv, cs, 0, b, j)
 
     @T.macro
@@ -312,11 +319,14 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
 
         @T.macro
         def stages(xv, cv, base, total, bstats, seed, scale, stats):
-            # one sample: its scan blocks in parallel
+            # one sample: its groups of scan blocks (interleaved) and other blocks in parallel
             cs = T.alloc_buffer((n,), "float64")
             xi: T.float64 = xi_expr(seed[0])
-            for j in T.parallel(nb):
-                block_cumsum(xv, cs, 0, 0, j)
+            for task in T.parallel(groups + nb - groups * SCAN_INTERLEAVE):
+                if task < groups:
+                    group_cumsums(xv, cs, 0, task)
+                else:
+                    block_cumsum(xv, cs, 0, 0, task + groups * (SCAN_INTERLEAVE - 1))
             sample_bases(cs, 0, base, total, 0)
             for j in T.parallel(nb):
                 block_counts(xv, cv, cs, 0, base, total, bstats, xi, 0, j)
