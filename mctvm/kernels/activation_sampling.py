@@ -5,8 +5,8 @@ Per sample of a batch x (batch first, float32) the kernel computes what
 
     n = elements per sample,  N = floor(K * n + 1/2)    (fixed at build time: shapes are static)
     cs_i = cumsum |x| in float64, as a blocked scan (below);  f = cs_{n-1}
-    r = N / f (once per sample);  y_i = cs_i * r,  y_{n-1} = N   (N * P_i, P_i = cs_i / f, with
-    one division per sample instead of one per value: the count loop was division bound)
+    r = N / f (once per scan block);  y_i = cs_i * r,  y_{n-1} = N   (N * P_i, P_i = cs_i / f,
+    with one division per block instead of one per value: the count loop was division bound)
     k = floor(y);  c_i = k + (y - k > xi)  (= ceil(y - xi), exactly)
     count_i = sign(x_i) * (c_i - c_{i-1}),  c_{-1} = 0
     scale = f / N (float64, stored as float32); all counts 0 and scale 0 where f == 0

@@ -64,11 +64,12 @@ class _Sampler(relax.PyExprMutator):
         if isinstance(bound, relax.Call) and isinstance(bound.args[0], GenericConst):
             # Weights are counts too: integer GEMM, int32 accumulation.
             wq = bound.args[0].value.numpy()
-            # u8 x s8 stay as they are; otherwise both in the wider type (uint8 x int8 -> int16)
-            wide = wq.dtype if (dtype, wq.dtype.name) == ("uint8", "int8") \
-                else np.promote_types(wq.dtype, dtype)
-            lhs = counts if wide.itemsize == 1 or wide == np.dtype(dtype) else \
-                self.builder_.emit(relax.op.astype(counts, wide.name))
+            if (dtype, wq.dtype.name) == ("uint8", "int8"):  # u8 x s8 as they are
+                lhs, wide = counts, wq.dtype
+            else:  # both in the wider type (uint8 x int16 -> int16)
+                wide = np.promote_types(wq.dtype, dtype)
+                lhs = counts if wide == np.dtype(dtype) else self.builder_.emit(
+                    relax.op.astype(counts, wide.name))
             acc = self.builder_.emit(_gemm(kind, call, lhs, relax.const(wq.astype(wide)), "int32"))
             acc = self.builder_.emit(relax.op.astype(acc, "float32"))
         else:  # float weights: a float GEMM over integer-valued activations
