@@ -47,3 +47,21 @@ def test_possibly_negative_values():
 def test_clip_from_zero():
     out, lookup = _bound(lambda bb, x: relax.op.clip(x, 0.0, 6.0))
     assert non_negative(out, lookup)
+
+
+def test_casts_that_cannot_wrap_keep_the_sign():
+    def relu_cast(*dtypes):
+        def build(bb, x):
+            value = bb.emit(relax.op.nn.relu(x))
+            for dtype in dtypes[:-1]:
+                value = bb.emit(relax.op.astype(value, dtype))
+            return relax.op.astype(value, dtypes[-1])
+        return build
+
+    for dtypes in (["float16"], ["float64"], ["uint8", "int16"], ["uint16", "int32"]):
+        out, lookup = _bound(relu_cast(*dtypes))
+        assert non_negative(out, lookup), dtypes
+    # float -> int overflows and int32 -> int8 wraps: 200 becomes -56
+    for dtypes in (["int8"], ["int32", "int8"], ["uint8", "int8"]):
+        out, lookup = _bound(relu_cast(*dtypes))
+        assert not non_negative(out, lookup), dtypes

@@ -3,8 +3,8 @@ store a layer's activation counts unsigned (activation_dtype="uint8").
 
 A Relu, a clip with min >= 0, abs, exp, sigmoid, sqrt and softmax are non-negative, and so
 is what ops that only move, select or average values make of non-negative inputs (pooling,
-reshapes, transposes, slices, concatenation, casts, zero padding), as are sums, products,
-maxima and minima of non-negative values. Anything else is not provably so.
+reshapes, transposes, slices, concatenation, zero padding, casts that cannot wrap), as are
+sums, products, maxima and minima of non-negative values. Anything else is not provably so.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _NON_NEGATIVE = {"relax.nn.relu", "relax.abs", "relax.sigmoid", "relax.exp",
 # ops whose output is non-negative when their data input (the first argument) is
 _PRESERVING = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
                "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
-               "relax.expand_dims", "relax.strided_slice", "relax.concat", "relax.astype"}
+               "relax.expand_dims", "relax.strided_slice", "relax.concat"}
 # binary ops whose output is non-negative when both inputs are
 _BINARY = {"relax.add", "relax.multiply", "relax.maximum", "relax.minimum"}
 
@@ -45,8 +45,23 @@ def non_negative(expr, lookup, depth: int = 32) -> bool:
         return isinstance(low, (tvm.tirx.IntImm, tvm.tirx.FloatImm)) and float(low.value) >= 0
     if name == "relax.nn.pad":
         return float(expr.attrs.pad_value) >= 0 and non_negative(expr.args[0], lookup, depth - 1)
+    if name == "relax.astype":
+        return _cast_keeps_sign(expr) and non_negative(expr.args[0], lookup, depth - 1)
     if name in _PRESERVING:
         return non_negative(expr.args[0], lookup, depth - 1)
     if name in _BINARY:
         return all(non_negative(a, lookup, depth - 1) for a in expr.args[:2])
     return False
+
+
+def _cast_keeps_sign(cast) -> bool:
+    """Whether relax.astype maps non-negative values to non-negative ones: a cast to a float or
+    an unsigned type, or to a signed integer wider than the integer it casts (a narrowing or
+    float-to-int cast can wrap to a negative value)."""
+    target = tvm.DataType(cast.attrs.dtype)
+    if target.type_code in (tvm.DataTypeCode.FLOAT, tvm.DataTypeCode.UINT):
+        return True
+    source = getattr(cast.args[0].ty, "dtype", None)
+    source = tvm.DataType(source) if source else None
+    return (source is not None and source.type_code in (tvm.DataTypeCode.INT, tvm.DataTypeCode.UINT)
+            and target.bits > source.bits)
