@@ -16,6 +16,7 @@ from mctvm.targets.cuda import device_modules
 from mctvm.kernels.activation_sampling import (
     COUNT_LIMITS,
     SCAN_BLOCK,
+    SERIAL_MAX,
     cuda_sampling_prim_func,
     sampling_prim_func,
     xi_for,
@@ -83,8 +84,10 @@ def data(kind, shape, rng):
 
 # one scan block per sample, several (a batch: one task per sample; one sample: its blocks
 # in parallel), and sizes that are not multiples of the block
+# (1, > SERIAL_MAX): one sample's blocks in parallel; smaller single samples run serially
 SHAPES = [(1, 7), (4, 3, 5), (4, 2, 3, 3), (3, 1), (2, 1, 1, 1), (5, 131),
-          (1, SCAN_BLOCK * 5 + 3), (3, SCAN_BLOCK * 9 + 1), (2, SCAN_BLOCK * 4)]
+          (1, SCAN_BLOCK * 5 + 3), (1, SERIAL_MAX + SCAN_BLOCK * 3 + 5),
+          (3, SCAN_BLOCK * 9 + 1), (2, SCAN_BLOCK * 4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

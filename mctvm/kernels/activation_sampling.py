@@ -27,8 +27,8 @@ cs is non-decreasing, so hits are never negative. Against the strictly serial fl
 (the paper's order, `activation_counts` without scan_block) only the rounding differs: a
 count moves by at most 1, rarely, with the same total. Schedules: CPU, a batch runs one
 task per sample (its values stay in cache through the stages), one sample runs its blocks
-in parallel; the loop over a block's values, after the scan, runs in SIMD lanes. CUDA, one
-thread per block, then per sample.
+in parallel (up to SERIAL_MAX values, serially); the loop over a block's values, after the
+scan, runs in SIMD lanes. CUDA, one thread per block, then per sample.
 
 Floating-point order. LLVM never reassociates floating-point adds without fast-math flags,
 which TVM's default llvm target does not set, so each scan is the serial sum it is written
@@ -73,6 +73,9 @@ SCAN_BLOCK = 1024
 # 3, the fastest of 1-8 measured on a Zen 5; LLVM's SLP vectorizer packs 4 (or 8) chains into
 # one vector add fed by a gather of the strided inputs, 1.7x slower than 3 scalar chains
 SCAN_INTERLEAVE = 3
+# a single sample up to this many values is sampled by one thread: two parallel launches cost
+# more than they save there (1x128x3x3: 4.6 -> 1.6 us, 1x64x14x14: 10.7 -> 8.2 us measured)
+SERIAL_MAX = 1 << 14
 
 
 def xi_for(seed: int, stream: int) -> float:
@@ -301,13 +304,14 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                     if bx * spb + tx < B:
                         sample_stats(total, bstats, scale, stats, bx * spb + tx)
 
-    elif B > 1:
+    elif B > 1 or n <= SERIAL_MAX:
+        samples = T.parallel if B > 1 else T.serial
 
         @T.macro
         def stages(xv, cv, base, total, bstats, seed, scale, stats):
             # a batch: one task per sample, all four stages while its values are in cache
             xi: T.float64 = xi_expr(seed[0])
-            for b in T.parallel(B):
+            for b in samples(B):
                 cs = T.alloc_buffer((n,), "float64")
                 sample_cumsums(xv, cs, b)
                 sample_bases(cs, 0, base, total, b)
