@@ -55,6 +55,11 @@ def quiet_native_stderr():
         os.close(saved)
 
 
+# calls whose activation statistics are kept as arrays before being summed (summing per call
+# cost about as much as a batch-1 run of the built-in model)
+_FOLD_EVERY = 64
+
+
 class CompiledModel:
     """A built mctvm program: `model(x)` or `model(input=x)` returns numpy arrays."""
 
@@ -71,10 +76,12 @@ class CompiledModel:
         self.device = backend(target).device(target)
         self._vm_instance = vm
         layers = metadata.get("mcq", {}).get("layers", [])
-        # Layers whose activations are sampled at run time, in the order main returns stats.
+        # Layers whose activations are sampled at run time, in the order of main's stats.
         self._sampled = [layer for layer in layers if layer.get("K_activations")]
         self._stats = {layer["index"]: ActivationStats(int(np.prod(layer["input_shape"][1:])))
                        for layer in self._sampled}
+        self._pending = []  # stats (layers, batch, 3) of calls not folded into _stats yet
+        self._arg_tensors = {}  # argument name -> its device tensor, reused from call to call
         self._seeds = np.random.default_rng()  # fresh samples for calls without a seed
 
     @property
@@ -108,14 +115,24 @@ class CompiledModel:
             raise InputError("this program adds MCA noise: pass the virtual precision, e.g. t=24")
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 < t < 64:
             raise InputError(f"t must be an integer virtual precision in 1..63, got {t!r}")
-        return _tvm().runtime.tensor(np.array([t], dtype=np.int32), self.device)
+        return self._staged(T_PARAM, np.array([t], dtype=np.int32))
 
     def _seed_tensor(self, seed):
         if seed is None:
             seed = int(self._seeds.integers(0, 2**63 - 1))
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-        return _tvm().runtime.tensor(np.array([seed], dtype=np.int64), self.device)
+        return self._staged(SEED_PARAM, np.array([seed], dtype=np.int64))
+
+    def _staged(self, name, array):
+        """`array` in the device tensor kept for argument `name` (made at its first call):
+        copying into it costs less than making a tensor per call."""
+        tensor = self._arg_tensors.get(name)
+        if tensor is None:
+            tensor = self._arg_tensors[name] = _tvm().runtime.tensor(array, self.device)
+        else:
+            tensor.copyfrom(array)
+        return tensor
 
     def _arguments(self, args, kwargs, seed=None, t=None) -> list:
         names = [info.name for info in self.input_info]
@@ -145,7 +162,7 @@ class CompiledModel:
                     f"input '{info.name}' expects dtype {info.dtype}, got {array.dtype}; "
                     f"pass x.astype('{info.dtype}')"
                 )
-            tensors.append(_tvm().runtime.tensor(np.require(array, requirements="C"), self.device))
+            tensors.append(self._staged(info.name, np.require(array, requirements="C")))
         extra = {SEED_PARAM: lambda: self._seed_tensor(seed), T_PARAM: lambda: self._t_tensor(t)}
         tensors += [extra[name]() for name in self.metadata.get("extra_inputs", [])]
         return tensors
@@ -159,10 +176,20 @@ class CompiledModel:
         result = self._vm["main"](*self._arguments(args, kwargs, seed, t))
         outputs = _to_numpy(result)
         count = len(self.output_info)
-        for layer, stats in zip(self._sampled, outputs[count:]):
-            self._stats[layer["index"]].add(stats)
+        if self._sampled:
+            self._pending.append(outputs[count])
+            if len(self._pending) >= _FOLD_EVERY:
+                self._fold_stats()
         outputs = outputs[:count]
         return outputs[0] if count == 1 else outputs
+
+    def _fold_stats(self):
+        """Fold the pending calls' activation statistics into the per-layer totals."""
+        if self._pending:
+            stats = np.concatenate(self._pending, axis=1)
+            for layer, layer_stats in zip(self._sampled, stats):
+                self._stats[layer["index"]].add(layer_stats)
+            self._pending.clear()
 
     def report(self):
         """Per layer K, N, bits and sparsity of weights and of the activations sampled in the
@@ -172,6 +199,7 @@ class CompiledModel:
 
         if "mcq" not in self.metadata:
             raise MctvmError("this is the float program (K=None): there is nothing to report")
+        self._fold_stats()
         report = build_report(self.metadata["mcq"]["layers"], self._stats)
         if "tuning" in self.metadata:
             report.notes.append(tuning_note(self.metadata["tuning"]))
@@ -179,6 +207,7 @@ class CompiledModel:
 
     def reset_stats(self):
         """Forget the activation statistics of earlier calls."""
+        self._pending.clear()
         for index, stats in self._stats.items():
             self._stats[index] = ActivationStats(stats.elements_per_sample)
 

@@ -290,3 +290,36 @@ def test_activations_only_matches_numpy_emulation(model):
             h = _maxpool2(np.maximum(h, 0))
     got = compiled(x, seed=5)
     np.testing.assert_allclose(got, h, rtol=1e-3, atol=1e-3 * np.abs(h).max())
+
+
+def test_report_sums_the_statistics_of_every_call():
+    """Calls' statistics are folded in batches; the report counts each call once, before and
+    after a fold, and reset_stats forgets the ones not folded yet too."""
+    compiled = mctvm.compile(synthetic.cnn(seed=6), K=2, skip=(), shapes={"input": SHAPE})
+    x = np.random.default_rng(8).standard_normal(SHAPE).astype(np.float32)
+    compiled(x, seed=3)
+    once = compiled.report().rows
+    compiled.reset_stats()
+    calls = 70  # more than runtime._FOLD_EVERY
+    for _ in range(calls):
+        compiled(x, seed=3)
+    many = compiled.report().rows
+    for one, row in zip(once, many):
+        assert row["calls_samples"] == calls * one["calls_samples"] == calls * SHAPE[0]
+        assert row["activation_sparsity"] == pytest.approx(one["activation_sparsity"])
+        assert row["activation_bits"] == pytest.approx(one["activation_bits"])
+    compiled(x, seed=3)
+    compiled.reset_stats()
+    assert all(r["calls_samples"] == 0 for r in compiled.report().rows)
+
+
+def test_inputs_of_successive_calls_do_not_leak():
+    """Argument tensors are reused from call to call: each call sees only its own input."""
+    compiled = mctvm.compile(synthetic.cnn(seed=6), K=2, shapes={"input": SHAPE})
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(2)]
+    first = [compiled(x, seed=s) for s, x in enumerate(xs)]
+    again = [compiled(x, seed=s) for s, x in reversed(list(enumerate(xs)))][::-1]
+    assert not np.array_equal(first[0], first[1])
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)

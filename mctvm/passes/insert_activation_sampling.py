@@ -107,8 +107,9 @@ def _gemm(kind, call, lhs, rhs, out_dtype):
 class InsertActivationSampling:
     """Add the `mctvm_seed` input, sample planned layers' inputs, return their stats too.
 
-    main(inputs..., mctvm_seed) returns (outputs..., stats of each sampled layer), where a
-    layer's stats are int32 (batch, 3): nonzero counts, max |count|, saturated counts.
+    main(inputs..., mctvm_seed) returns (outputs..., stats), stats int32 (sampled layers,
+    batch, 3): per layer and sample, nonzero counts, max |count|, saturated counts (one
+    tensor: the caller converts one array per call, not one per layer).
     """
 
     def __init__(self, options, device="cpu"):
@@ -123,8 +124,9 @@ class InsertActivationSampling:
         func = sampler.visit_expr(mod["main"])
         body = func.body
         outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
-        returned = relax.Tuple(outputs + [v for _, v in sampler.stats])
-        new_body = sampler.builder_.normalize(relax.SeqExpr(body.blocks, returned))
+        stats = relax.op.stack([v for _, v in sampler.stats], axis=0)
+        new_body = sampler.builder_.normalize(relax.SeqExpr(body.blocks, relax.Tuple(
+            outputs + [stats])))
         new_func = with_params(func, [seed] if is_new else [], new_body)
         sampler.builder_.update_func(mod.get_global_var("main"), new_func)
         return write_layers(sampler.builder_.get(), layers)
