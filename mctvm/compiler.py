@@ -17,7 +17,7 @@ from .kernels.float_format import format_limits
 from .kernels.inexact import CONVENTIONS
 from .passes.insert_mca_noise import MODES as MCA_MODES, SITES_ATTR
 from .passes.plan_mcq_layers import read_layers
-from .passes.signature import EXTRA_INPUTS
+from .passes.signature import EXTRA_INPUTS, STATS_LAYOUT
 from .runtime import METADATA_FUNC, CompiledModel
 from .targets import TargetLike, backend, resolve
 
@@ -87,7 +87,8 @@ def compile(  # pylint: disable=redefined-builtin
         if program.float_format is not None:
             metadata["float_format"] = program.float_format
         if mcq is not None:
-            metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod)}
+            metadata["mcq"] = {**asdict(mcq), "layers": read_layers(mod),
+                               "stats_layout": STATS_LAYOUT}
         if mca is not None:
             metadata["mca"] = {**mca, "sites": json.loads(str(mod.attrs[SITES_ATTR]))}
         if records is not None:

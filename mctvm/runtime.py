@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ExportError, InputError, MctvmError, ModelError
 from .frontend import TensorInfo
-from .passes.signature import SEED_PARAM, T_PARAM
+from .passes.signature import SEED_PARAM, STATS_LAYOUT, T_PARAM
 from .report import ActivationStats
 
 METADATA_FUNC = "mctvm_metadata"
@@ -389,4 +389,11 @@ def load(path) -> CompiledModel:
         metadata = json.loads(reader[METADATA_FUNC]())
     except (AttributeError, KeyError, RuntimeError, ValueError):
         raise ModelError(f"'{path}' is not an mctvm program (it has no {METADATA_FUNC})") from None
+    mcq = metadata.get("mcq") or {}
+    if any(layer.get("K_activations") for layer in mcq.get("layers", [])) \
+            and mcq.get("stats_layout") != STATS_LAYOUT:
+        raise ModelError(
+            f"'{path}' was exported by an older mctvm ({metadata.get('mctvm_version')}) whose "
+            "programs return their activation statistics in another layout; compile and "
+            "export the model again with this version")
     return CompiledModel(module, resolve(json.loads(metadata["target"])), metadata, vm=vm)

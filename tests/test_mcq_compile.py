@@ -8,6 +8,7 @@ from onnx import numpy_helper
 
 import mctvm
 from mctvm import mcq
+from mctvm.errors import ModelError
 from mctvm.kernels.activation_sampling import SCAN_BLOCK, xi_for
 from mctvm.models import synthetic
 from mctvm.passes.fold_mcq_weights import weight_xi
@@ -223,6 +224,17 @@ def test_export_and_load_keep_the_seed_input(model, tmp_path):
     x = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_array_equal(loaded(x, seed=11), compiled(x, seed=11))
     assert [r["name"] for r in loaded.report().rows] == [r["name"] for r in compiled.report().rows]
+
+
+def test_library_with_other_stats_layout_is_refused(model, tmp_path, monkeypatch):
+    """A library whose statistics come back in another layout (an older mctvm's) is refused
+    with a clear error, never misread."""
+    import mctvm.compiler
+
+    monkeypatch.setattr(mctvm.compiler, "STATS_LAYOUT", "one tensor per layer")
+    library = mctvm.compile(model, K=2, shapes={"input": SHAPE}).export_library(tmp_path / "q.so")
+    with pytest.raises(ModelError, match="older mctvm.*compile and export"):
+        mctvm.load(library)
 
 
 def test_cuda_program_has_sampling_and_integer_gemm_kernels(model):

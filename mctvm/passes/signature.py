@@ -1,4 +1,5 @@
-"""Run-time inputs that passes add to `main` (the seed, the virtual precision t)."""
+"""Run-time inputs that passes add to `main` (the seed, the virtual precision t), and the
+layout of the activation statistics it returns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from tvm import relax
 SEED_PARAM = "mctvm_seed"
 T_PARAM = "mctvm_t"
 EXTRA_INPUTS = {SEED_PARAM: ([1], "int64"), T_PARAM: ([1], "int32")}
+# main's last output with sampled activations: int32 (sampled layers, batch, 3); recorded in
+# the metadata so that a library returning them another way is refused, not misread
+STATS_LAYOUT = "layers x batch x 3"
 
 
 def find_or_make(func, name) -> tuple:
