@@ -30,7 +30,7 @@ class _Sampler(relax.PyExprMutator):
         super().__init__(mod)
         self.layers, self.options, self.seed, self.device = layers, options, seed, device
         self.index = 0
-        self.stats = []  # (layer index, stats var), in layer order
+        self.stats = []  # each sampled layer's stats var, in layer order
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -57,7 +57,7 @@ class _Sampler(relax.PyExprMutator):
         counts = self.builder_.emit(relax.TupleGetItem(sampled, 0))
         scale = self.builder_.emit(relax.TupleGetItem(sampled, 1))
         stats = self.builder_.emit_output(relax.TupleGetItem(sampled, 2))
-        self.stats.append((layer["index"], stats))
+        self.stats.append(stats)
 
         weight = call.args[1]
         bound = self.lookup_binding(weight) if isinstance(weight, relax.Var) else None
@@ -124,7 +124,7 @@ class InsertActivationSampling:
         func = sampler.visit_expr(mod["main"])
         body = func.body
         outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
-        stats = relax.op.stack([v for _, v in sampler.stats], axis=0)
+        stats = relax.op.stack(sampler.stats, axis=0)
         new_body = sampler.builder_.normalize(relax.SeqExpr(body.blocks, relax.Tuple(
             outputs + [stats])))
         new_func = with_params(func, [seed] if is_new else [], new_body)

@@ -62,6 +62,8 @@ def _cast_keeps_sign(cast) -> bool:
     if target.type_code in (tvm.DataTypeCode.FLOAT, tvm.DataTypeCode.UINT):
         return True
     source = getattr(cast.args[0].ty, "dtype", None)
-    source = tvm.DataType(source) if source else None
-    return (source is not None and source.type_code in (tvm.DataTypeCode.INT, tvm.DataTypeCode.UINT)
-            and target.bits > source.bits)
+    if not source:
+        return False
+    source = tvm.DataType(source)
+    return source.type_code in (tvm.DataTypeCode.INT, tvm.DataTypeCode.UINT) \
+        and target.bits > source.bits
