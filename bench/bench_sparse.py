@@ -8,8 +8,9 @@ activations times a constant int16 count weight (as InsertActivationSampling emi
 int32 out. 'dense' is that op built with the default CPU schedules (targets/cpu.py), 'csr'
 and 'bsr' the sparse kernels as LowerSparseGEMM emits them, for weights with a random
 (unstructured) fraction of zeros. The three programs are timed in alternation, `repeat`
-rounds (each sample the mean of enough calls to last 0.05 s), and each keeps its best
-sample: other processes on a shared machine only ever add time. Prints the table and the
+rounds (each round the best of 10 samples, a sample the mean of enough calls to last 5 ms),
+and each keeps its best sample: other processes (or, on a VM, the host) only ever add time,
+and short samples let the minimum dodge their bursts. Prints the table and the
 crossover (the lowest measured sparsity from which on a format beats dense), the numbers
 behind passes/lower_sparse_gemm.CROSSOVER; writes bench/out/sparse.{csv,txt,json,png}.
 """
@@ -95,9 +96,9 @@ def sampler(mod, inputs):
     vm.set_input("main", *[tvm.runtime.tensor(x, device) for x in inputs])
     probe = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)
     probe("main")
-    number = max(1, int(0.05 / max(probe("main").mean, 1e-6)))
-    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=1)
-    return lambda: timer("main").mean * 1e3
+    number = max(1, int(0.005 / max(probe("main").mean, 1e-6)))
+    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=10)
+    return lambda: min(timer("main").results) * 1e3
 
 
 def rows(repeat, quick):

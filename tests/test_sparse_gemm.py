@@ -91,6 +91,49 @@ def test_pair_formats_hold_the_weight():
     assert np.all(np.diff(csr.indptr) == (np.count_nonzero(w, axis=1) + 1) // 2)
 
 
+def test_matmul_chunks_and_padded_pairs_hold_the_weight():
+    """Rows split by reduction chunk and padded with zero entries to a multiple of the
+    accumulator sets still hold every nonzero once, in its chunk, and the pads point inside
+    the row's chunk (for pair blocks) or at the row's own first index (for CSR pairs)."""
+    rng = np.random.default_rng(2)
+    w = _weight(rng, (9, 50), 0.7, "int16")
+    chunked = sparse_gemm._matmul_chunks(sparse_gemm.csr_rows(w), 16, 50, 3)
+    nk = 4
+    assert chunked.indptr.shape == (9 * nk + 1,) and np.all(np.diff(chunked.indptr) % 3 == 0)
+    dense = np.zeros((9, 50), np.int64)
+    for row in range(9 * nk):
+        lo, hi = chunked.indptr[row], chunked.indptr[row + 1]
+        assert np.all(chunked.indices[lo:hi] // 16 == row % nk)
+        np.add.at(dense[row // nk], chunked.indices[lo:hi], chunked.data[lo:hi])
+    np.testing.assert_array_equal(dense, w)
+    pairs = sparse_gemm.paired_csr(sparse_gemm._matmul_chunks(sparse_gemm.csr_rows(w), 16, 50,
+                                                              1), multiple=2)
+    assert np.all(np.diff(pairs.indptr) % 2 == 0)
+    halves = pairs.data.view(np.int16).reshape(-1, 2)
+    dense = np.zeros((9, 50), np.int64)
+    for row in range(9 * nk):
+        lo, hi = pairs.indptr[row], pairs.indptr[row + 1]
+        assert np.all(pairs.indices[lo:hi] // 16 == row % nk)
+        for h in range(2):
+            np.add.at(dense[row // nk], pairs.indices[lo:hi, h], halves[lo:hi, h])
+    np.testing.assert_array_equal(dense, w)
+
+
+@pytest.mark.skipif(not PAIR_LANES[16], reason="needs AVX-512BW")
+def test_matmul_pairs_beyond_uint16_reduction_fall_back():
+    """CSR pairs pack two reduction indices in uint16 halves: a reduction beyond 2**16 takes
+    the plain CSR kernel, still exact."""
+    rng = np.random.default_rng(5)
+    K = (1 << 16) + 3
+    w = _weight(rng, (K, 2), 0.999, "int16")
+    w[K - 1] = [7, -9]  # nonzeros past the uint16 range
+    a = _input(rng, (2, K), "int16")
+    func, arrays = sparse_gemm.sparse_matmul((2, K), "int16", w, "csr", pairs=True, name="main")
+    assert arrays[1].ndim == 1 and arrays[1].max() >= 1 << 16  # plain indices, not packed
+    np.testing.assert_array_equal(_run(func, arrays, a, (2, 2)),
+                                  _exact(a.astype(np.int64) @ w.astype(np.int64)))
+
+
 def test_data_takes_the_narrowest_type():
     assert sparse_gemm.csr_rows(np.array([[1, -128]], "int32")).data.dtype == np.int8
     assert sparse_gemm.csr_rows(np.array([[1, 300]], "int16")).data.dtype == np.int16
@@ -99,7 +142,9 @@ def test_data_takes_the_narrowest_type():
 # ---------------------------------------------------------------------------------------------
 # matmul, CPU
 
-MATMULS = [(1, 37, 29), (64, 96, 48), (13, 50, 17), (64, 1152, 33), (3, 1, 1), (1, 7, 16)]
+# (100, 70, 40): two row tiles, the second partial; (64, 1152, 33): four reduction chunks
+MATMULS = [(1, 37, 29), (64, 96, 48), (13, 50, 17), (64, 1152, 33), (3, 1, 1), (1, 7, 16),
+           (100, 70, 40)]
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
 
@@ -348,6 +393,8 @@ def test_choose_follows_the_crossover_table(monkeypatch):
     choose = lower_sparse_gemm.choose
     assert choose("conv2d", w, 1, "auto") == "bsr"  # 0.97 - 0.5 > 0.97 - 0.9
     assert choose("conv2d", w, 64, "auto") == "csr"
+    assert choose("conv2d", w, 16, "auto") == "csr"  # 16 samples fill the lanes: batched
+    assert choose("conv2d", w, 8, "auto") == "bsr"  # fewer: the batch-1 crossovers
     assert choose("conv2d", w, 64, "auto", measured=False) == "dense"
     assert choose("matmul", w, 1, "auto") == "dense"  # not in the table
     assert choose("conv2d", np.ones_like(w), 1, "auto") == "dense"

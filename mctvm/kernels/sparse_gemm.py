@@ -22,10 +22,16 @@ are offsets into the zero-padded input of one sample, flattened: c*Hp*Wp + kh*dh
 
 CPU kernels (parallel outer loop, vectorised inner loop, int32 accumulators in registers):
 
-- matmul, more than one row: the activations transposed to aT[k, m] (pair-packed for pair
-  blocks); per output column, per tile of rows, acc[m] += value * aT[k, m] over the column's
-  nonzeros, rows m in the vector lanes. One row, BSR: per block of `lanes` output columns,
-  acc[lanes] += a[k] * data[j, lanes]; one row, CSR: a scalar dot product per column;
+- matmul, more than one row: the activations transposed once per call by shuffle transposes
+  to aT[tile][k][m] (pair-packed for pair blocks), rows m in the vector lanes; a task is a
+  tile of rows and a block of output columns; per chunk of the reduction (its aT rows fit
+  L1), per column, acc[m] += value * aT[k, m] over the column's nonzeros in that chunk, in 2-4
+  independent accumulator sets (vpdpwssd's latency); the rows split by chunk and padded with
+  zero entries to a multiple of the sets (_matmul_chunks). Each nonzero costs an activation
+  load per vector, and this machine (Zen 5) issues two loads a cycle, so CSR pairs (fewer
+  vpdpwssd, one shuffle each) beat pair blocks. Without pairs (no AVX2), per output column,
+  per tile of rows, acc[m] += value * aT[k, m]. One row, BSR: per block of `lanes` output
+  columns, acc[lanes] += a[k] * data[j, lanes]; one row, CSR: a scalar dot product per column;
 - conv2d, pair blocks from one vector of samples on (batch lanes): the input transposed once
   per call (16 x 16 shuffle transposes) to int32 channel pairs xt[group][c2][hp][wp][sample],
   `lanes` samples per group. A nonzero's operand for an output position is then one aligned
@@ -62,6 +68,8 @@ _MATMUL_ROW_TILE = 8  # rows of a BSR matmul tile (one accumulator register each
 CONV_BLOCK = 4  # output channels of a BSR conv block
 _CONV_ACCUMULATORS = 16  # int32 vectors of a conv register tile (AVX-512; 8 on AVX2)
 _WINDOW_BYTES = 48 << 10  # input a batch-lanes register tile reads per chunk: L1's size
+_MATMUL_WINDOW = 40 << 10  # packed activations a rows-in-lanes matmul reads per chunk (of 48)
+_MATMUL_TASKS = 8  # parallel tasks a pair-block matmul aims for (tiles x column blocks)
 
 
 @dataclass
@@ -126,18 +134,18 @@ def bsr_rows(w_rows: np.ndarray, block: int) -> SparseWeight:
                         _narrow(blocks[nb_idx, red_idx].reshape(-1, block)))
 
 
-def paired_csr(sparse: SparseWeight) -> SparseWeight:
-    """The nonzeros of each row of a CSR weight in pairs (an odd one out pairs with a zero):
-    indices [npairs, 2], data the two values as int16 halves of an int32 (low = first), the
-    operand of one pmaddwd / vpdpwssd step."""
+def paired_csr(sparse: SparseWeight, multiple: int = 1) -> SparseWeight:
+    """The nonzeros of each row of a CSR weight in pairs, padded with zeros (index: the row's
+    first) to a multiple of `multiple` pairs: indices [npairs, 2], data the two values as
+    int16 halves of an int32 (low = first), the operand of one pmaddwd / vpdpwssd step."""
     counts = np.diff(sparse.indptr)
-    pairs = (counts + 1) // 2
+    pairs = -(-((counts + 1) // 2) // multiple) * multiple
     indptr = np.zeros_like(sparse.indptr)
     np.cumsum(pairs, out=indptr[1:])
-    indices = np.zeros((int(indptr[-1]) * 2,), np.int32)
+    firsts = _at_least_one(sparse.indices)[np.minimum(sparse.indptr[:-1], max(sparse.nnz - 1, 0))]
+    indices = np.repeat(firsts, 2 * pairs).astype(np.int32)
     values = np.zeros((int(indptr[-1]) * 2,), np.int16)
-    starts = np.repeat(indptr[:-1] * 2 - sparse.indptr[:-1], counts)
-    at = np.arange(sparse.nnz) + starts
+    at = np.arange(sparse.nnz) + np.repeat(indptr[:-1] * 2 - sparse.indptr[:-1], counts)
     indices[at] = sparse.indices
     values[at] = sparse.data.astype(np.int16)
     return SparseWeight("csr", sparse.outputs, 1, indptr, indices.reshape(-1, 2),
@@ -204,13 +212,20 @@ def sparse_matmul(a_shape, a_dtype, weight: np.ndarray, fmt: str, *, device="cpu
         raise ValueError(f"matmul needs a [M, K] and weight [K, N], got {a_shape} and "
                          f"{weight.shape}")
     block = 1 if fmt == "csr" else (lanes if device == "cpu" else 4)
-    cpu_pairs = pairs and device == "cpu" and a_shape[0] > 1
-    if cpu_pairs and fmt == "bsr" and _fits_int16(weight):
-        sparse = pair_blocks(weight.T)
+    # CSR pairs pack a pair's two reduction indices as uint16 halves (_matmul_pairs_cpu)
+    cpu_pairs = pairs and device == "cpu" and a_shape[0] > 1 and (
+        fmt == "bsr" or a_shape[1] <= 1 << 16)
+    M, K = a_shape
+    if cpu_pairs and fmt == "bsr" and _fits_int16(weight):  # rows split by chunk, padded
+        _, sets, chunk = _matmul_tile(M, K, lanes, paired=False)
+        sparse = _matmul_chunks(pair_blocks(weight.T), chunk, -(-K // 2), sets)
     else:
         sparse = _make(weight.T, fmt, block)
     if cpu_pairs and _pairable(sparse, pairs):
-        sparse = paired_csr(sparse)
+        _, sets, chunk = _matmul_tile(M, K, lanes, paired=True)
+        sparse = paired_csr(_matmul_chunks(sparse, chunk, K, 1), multiple=sets)
+        # a pair's two reduction indices as the halves of one int32: one load, not two
+        sparse.indices = sparse.indices[:, 0] | (sparse.indices[:, 1] << 16)
     func = matmul_kernel(tuple(int(d) for d in a_shape), str(a_dtype), weight.shape[0], sparse,
                          device=device, lanes=lanes, name=name)
     return func, sparse.arrays
@@ -334,96 +349,265 @@ def _pack_expr(x0, x1):
 
 
 def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
+    """CSR pairs with rows in the lanes: the activations transposed once per call to int16
+    rows a_t[tile][k][m] (see _matmul_pack); a task is a tile of rows and a block of output
+    columns; per chunk of k (its rows of a_t stay in L1), per column, `sets` accumulator sets
+    take the column's nonzero pairs in turn (paired_csr, padded to a multiple of sets; a pair's
+    two indices in one int32, uint16 halves: one load, not two). A pair's two rows are
+    interleaved by unpack into int16 pairs, one vpdpwssd per vector; the
+    sums wait in `partial` in that interleaved order between chunks (_unpacked_order restores
+    it on the way out)."""
     from tvm.script import tirx as T
 
+    mt, sets, _ = _matmul_tile(M, K, lanes, paired=True)
+    step = 2 * lanes  # rows of one unpack: two accumulator vectors
+    u = mt // lanes
+    nk = (sparse.indptr.shape[0] - 1) // N
     npairs = max(int(sparse.indptr[-1]), 1)
-    step = 2 * lanes  # rows interleave in groups of 2 lanes (see _unpack)
-    mt = 4 * lanes if M >= 4 * lanes else -(-M // step) * step  # rows per tile
-    tiles = -(-M // mt)
-    mp = tiles * mt
-    group, wide = f"int16x{step}", f"int32x{lanes}"
+    tiles, blocks, cols = _matmul_blocks(M, N, mt, lanes)
+    wide, group = f"int32x{lanes}", f"int16x{step}"
+
+    def row_order(partial, c, v):  # rows [v lanes, (v + 1) lanes) of column c, in order
+        g, half = divmod(v, 2)
+        return _unpacked_order(partial.vload([c * mt + 2 * g * lanes], wide),
+                               partial.vload([c * mt + (2 * g + 1) * lanes], wide), half, lanes)
+
+    def row(indices, p, h):  # a_t offset of pair p's row h (indices: two uint16 halves)
+        word = indices[p]
+        return (T.bitwise_and(word, 0xFFFF) if h == 0
+                else T.bitwise_and(T.shift_right(word, 16), 0xFFFF)) * mt
+
+    def pair_step(acc, a_t, indices, data, base, p, s):
+        rows = [base + row(indices, p, h) for h in range(2)]
+        for g in range(mt // step):
+            x = [a_t.vload([r + g * step], group) for r in rows]
+            for half in range(2):
+                T.buffer_store(acc, _pmadd_packed(
+                    acc.vload([s, 2 * g + half, 0], wide), _unpack(x[0], x[1], half, lanes),
+                    data[p], lanes, interleaved=True), [s, 2 * g + half, T.ramp(0, 1, lanes)])
 
     @T.prim_func
-    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N + 1,), "int32"),
-               indices: T.Buffer((npairs, 2), "int32"), data: T.Buffer((npairs,), "int32"),
+    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N * nk + 1,), "int32"),
+               indices: T.Buffer((npairs,), "int32"), data: T.Buffer((npairs,), "int32"),
                out: T.Buffer((M, N), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        a_t = T.alloc_buffer((K, mp), "int16")  # rows m in lanes; padding rows are zero
-        for k in T.parallel(K):
-            for m in T.serial(M):
-                a_t[k, m] = T.Cast("int16", a[m, k])
-            for m in T.serial(mp - M):
-                a_t[k, M + m] = T.int16(0)
-        for n in T.parallel(N):
-            for t in T.serial(tiles):
-                acc = T.alloc_buffer((mt,), "int32", scope="local")
-                for i in T.vectorized(mt):
-                    acc[i] = 0
-                for p in T.serial(indptr[n], indptr[n + 1]):
-                    for g in T.unroll(mt // step):
-                        acc[T.ramp(2 * g * lanes, 1, lanes)] = _pmadd_packed(
-                            acc.vload([2 * g * lanes], wide),
-                            _unpack(a_t.vload([indices[p, 0], t * mt + g * step], group),
-                                    a_t.vload([indices[p, 1], t * mt + g * step], group), 0,
-                                    lanes), data[p], lanes, interleaved=True)
-                        acc[T.ramp((2 * g + 1) * lanes, 1, lanes)] = _pmadd_packed(
-                            acc.vload([(2 * g + 1) * lanes], wide),
-                            _unpack(a_t.vload([indices[p, 0], t * mt + g * step], group),
-                                    a_t.vload([indices[p, 1], t * mt + g * step], group), 1,
-                                    lanes), data[p], lanes, interleaved=True)
-                rows = T.alloc_buffer((mt,), "int32", scope="local")  # back in row order
-                for g in T.unroll(mt // step):
-                    rows[T.ramp(2 * g * lanes, 1, lanes)] = _unpacked_order(
-                        acc.vload([2 * g * lanes], wide), acc.vload([(2 * g + 1) * lanes], wide),
-                        0, lanes)
-                    rows[T.ramp((2 * g + 1) * lanes, 1, lanes)] = _unpacked_order(
-                        acc.vload([2 * g * lanes], wide), acc.vload([(2 * g + 1) * lanes], wide),
-                        1, lanes)
-                for i in T.serial(mt):
-                    if t * mt + i < M:
-                        out[t * mt + i, n] = rows[i]
+        a_t = T.alloc_buffer((tiles * K * mt,), "int16")
+        _matmul_pack(a, a_t, M, K, mt, lanes, split=True)
+        for task in T.parallel(tiles * blocks):
+            partial = T.alloc_buffer((cols * mt,), "int32")
+            for k in T.serial(nk):
+                for c in T.serial(cols):
+                    acc = T.alloc_buffer((sets, u, lanes), "int32", scope="local")
+                    _matmul_start(acc, partial, k, c, sets, u, mt, lanes)
+                    if task % blocks * cols + c < N:
+                        first = T.bind(indptr[(task % blocks * cols + c) * nk + k])
+                        for j in T.serial((indptr[(task % blocks * cols + c) * nk + k + 1]
+                                           - first) // sets):
+                            for s in range(sets):
+                                pair_step(acc, a_t, indices, data, task // blocks * K * mt,
+                                          first + j * sets + s, s)
+                    _matmul_keep(acc, partial, c, sets, u, mt, lanes)
+            _matmul_store(out, partial, row_order, task // blocks, task % blocks, M, N, mt,
+                          cols, lanes)
 
     return kernel
 
 
 def _matmul_pair_blocks_cpu(M, K, N, a_dtype, sparse, lanes):
+    """Pair blocks with rows in the lanes: the activations packed once per call into int32
+    pairs a2[tile][r][m] = (a[m, 2r], a[m, 2r + 1]) (see _matmul_pack); tasks, chunks (of
+    pairs), accumulator sets and `partial` as in _matmul_pairs_cpu, one vpdpwssd per nonzero
+    pair block and vector of rows, its operand an aligned load."""
     from tvm.script import tirx as T
 
-    nnz = max(sparse.nnz, 1)
+    mt, sets, _ = _matmul_tile(M, K, lanes, paired=False)
+    u = mt // lanes
     k2 = -(-K // 2)
-    mt = 4 * lanes if M >= 4 * lanes else -(-M // lanes) * lanes  # rows per tile
-    tiles = -(-M // mt)
-    mp = tiles * mt
+    nk = (sparse.indptr.shape[0] - 1) // N
+    nnz = max(sparse.nnz, 1)
+    tiles, blocks, cols = _matmul_blocks(M, N, mt, lanes)
     wide = f"int32x{lanes}"
 
+    def row_order(partial, c, v):
+        return partial.vload([c * mt + v * lanes], wide)
+
     @T.prim_func
-    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N + 1,), "int32"),
+    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N * nk + 1,), "int32"),
                indices: T.Buffer((nnz,), "int32"), data: T.Buffer((nnz,), "int32"),
                out: T.Buffer((M, N), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        # a2[r, m]: a[m, 2r] and a[m, 2r + 1] as int16 halves; rows m in lanes
-        a2 = T.alloc_buffer((k2, mp), "int32")
-        for r in T.parallel(k2):
-            for m in T.serial(M):
-                a2[r, m] = _pack_expr(a[m, 2 * r], T.if_then_else(
-                    2 * r + 1 < K, a[m, T.min(2 * r + 1, K - 1)], T.Cast(a_dtype, 0)))
-            for m in T.serial(mp - M):
-                a2[r, M + m] = 0
-        for n in T.parallel(N):
-            for t in T.serial(tiles):
-                acc = T.alloc_buffer((mt,), "int32", scope="local")
-                for i in T.vectorized(mt):
-                    acc[i] = 0
-                for j in T.serial(indptr[n], indptr[n + 1]):
-                    for u in T.unroll(mt // lanes):
-                        acc[T.ramp(u * lanes, 1, lanes)] = _pmadd_packed(
-                            acc.vload([u * lanes], wide),
-                            a2.vload([indices[j], t * mt + u * lanes], wide), data[j], lanes)
-                for i in T.serial(mt):
-                    if t * mt + i < M:
-                        out[t * mt + i, n] = acc[i]
+        a2 = T.alloc_buffer((tiles * k2 * mt,), "int32")
+        _matmul_pack(a, a2, M, K, mt, lanes, split=False)
+        for task in T.parallel(tiles * blocks):
+            partial = T.alloc_buffer((cols * mt,), "int32")
+            for k in T.serial(nk):
+                for c in T.serial(cols):
+                    acc = T.alloc_buffer((sets, u, lanes), "int32", scope="local")
+                    _matmul_start(acc, partial, k, c, sets, u, mt, lanes)
+                    if task % blocks * cols + c < N:
+                        first = T.bind(indptr[(task % blocks * cols + c) * nk + k])
+                        for j in T.serial((indptr[(task % blocks * cols + c) * nk + k + 1]
+                                           - first) // sets):
+                            for s in range(sets):
+                                for v in range(u):
+                                    T.buffer_store(acc, _pmadd_packed(
+                                        acc.vload([s, v, 0], wide), a2.vload(
+                                            [(task // blocks * k2 + indices[first + j * sets + s])
+                                             * mt + v * lanes], wide),
+                                        data[first + j * sets + s], lanes),
+                                        [s, v, T.ramp(0, 1, lanes)])
+                    _matmul_keep(acc, partial, c, sets, u, mt, lanes)
+            _matmul_store(out, partial, row_order, task // blocks, task % blocks, M, N, mt,
+                          cols, lanes)
 
     return kernel
+
+
+def _matmul_tile(M, K, lanes, paired):
+    """(rows per tile, accumulator sets, chunk) of a rows-in-lanes matmul: up to four vectors
+    of rows (CSR pairs: a multiple of two); enough sets for about 8 accumulators, which hide
+    vpdpwssd's latency; the chunk (reduction indices, or pairs of them for pair blocks) whose
+    rows of the packed activations fit _MATMUL_WINDOW, an even split."""
+    step = 2 * lanes if paired else lanes
+    mt = 4 * lanes if M >= 4 * lanes else -(-M // step) * step
+    sets = min(4, max(1, 8 // (mt // lanes)))
+    reduction, row_bytes = (K, 2 * mt) if paired else (-(-K // 2), 4 * mt)
+    chunks = -(-reduction // max(1, _MATMUL_WINDOW // row_bytes))
+    return mt, sets, -(-reduction // chunks)
+
+
+def _matmul_blocks(M, N, mt, lanes):
+    """(row tiles, column blocks, columns per block) of a rows-in-lanes matmul: about
+    _MATMUL_TASKS tasks, blocks of whole vectors of columns."""
+    tiles = -(-M // mt)
+    blocks = min(N, max(1, -(-_MATMUL_TASKS // tiles)))
+    cols = -(-(-(-N // blocks)) // lanes) * lanes
+    return tiles, -(-N // cols), cols
+
+
+def _matmul_pack(a, packed, M, K, mt, lanes, split):
+    """Emit the loops that pack a[M, K] once per call, rows in the lanes, tile after tile of
+    mt rows (zero past M): int32 pairs packed[tile][r][m] = (a[m, 2r], a[m, 2r + 1]), or with
+    `split` int16 rows packed[tile][k][m]. Pairs of whole vectors by lanes x lanes shuffle
+    transposes of rows read as int32 pairs, the rest (K mod 2 lanes) one by one."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    a_dtype = str(a.dtype)
+    k2, full = -(-K // 2), K // (2 * lanes)
+    tiles = -(-M // mt)
+    wide = f"int32x{lanes}"
+
+    def row_pairs(m, r0):  # int32 lanes: pairs r0 .. r0 + lanes of row m (zero past M)
+        row = T.reinterpret(T.Cast(f"int16x{2 * lanes}", a.vload(
+            [T.min(m, M - 1), 2 * r0], f"{a_dtype}x{2 * lanes}")), dtype=wide)
+        return row if M % mt == 0 else T.if_then_else(m < M, row, tirx.Broadcast(T.int32(0),
+                                                                                 lanes))
+
+    def store(t, r, v, column):  # pair r of rows [v lanes, (v + 1) lanes) of tile t
+        if not split:
+            T.buffer_store(packed, column, [T.ramp((t * k2 + r) * mt + v * lanes, 1, lanes)])
+            return
+        for h in range(2):
+            half = column if h == 0 else T.shift_right(column, tirx.Broadcast(T.int32(16),
+                                                                               lanes))
+            T.buffer_store(packed, T.Cast(f"int16x{lanes}", half),
+                           [T.ramp((t * K + 2 * r + h) * mt + v * lanes, 1, lanes)])
+
+    if full:
+        with T.parallel(0, tiles * full) as task:
+            t, g = task // full, task % full
+            for v in range(mt // lanes):
+                columns = _transpose([row_pairs(t * mt + v * lanes + s, g * lanes)
+                                      for s in range(lanes)], lanes)
+                for i, column in enumerate(columns):
+                    store(t, g * lanes + i, v, column)
+    if full * lanes < k2:
+        with (T.parallel if tiles > 1 else T.serial)(0, tiles) as t:
+            with T.serial(full * 2 * lanes, K) as k:
+                with T.serial(0, mt) as m:
+                    m_in = T.min(t * mt + m, M - 1)
+                    value = T.if_then_else(t * mt + m < M, a[m_in, k], T.Cast(a_dtype, 0))
+                    if split:
+                        T.buffer_store(packed, T.Cast("int16", value), [(t * K + k) * mt + m])
+                    else:
+                        with T.If(k % 2 == 0):
+                            with T.Then():
+                                T.buffer_store(packed, _pack_expr(value, T.if_then_else(
+                                    tirx.all(k + 1 < K, t * mt + m < M),
+                                    a[m_in, T.min(k + 1, K - 1)], T.Cast(a_dtype, 0))),
+                                    [(t * k2 + k // 2) * mt + m])
+
+
+def _matmul_start(acc, partial, k, c, sets, u, mt, lanes):
+    """Accumulator sets at a chunk's start: set 0 the column's sums so far, the rest zero."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    for s in range(sets):
+        for v in range(u):
+            zeros = tirx.Broadcast(T.int32(0), lanes)
+            start = zeros if s else T.if_then_else(
+                k > 0, partial.vload([c * mt + v * lanes], f"int32x{lanes}"), zeros)
+            T.buffer_store(acc, start, [s, v, T.ramp(0, 1, lanes)])
+
+
+def _matmul_keep(acc, partial, c, sets, u, mt, lanes):
+    """The column's sums so far (the sets added) into `partial`."""
+    from tvm.script import tirx as T
+
+    wide = f"int32x{lanes}"
+    for v in range(u):
+        total = acc.vload([0, v, 0], wide)
+        for s in range(1, sets):
+            total = total + acc.vload([s, v, 0], wide)
+        T.buffer_store(partial, total, [T.ramp(c * mt + v * lanes, 1, lanes)])
+
+
+def _matmul_store(out, partial, row_order, t, b, M, N, mt, cols, lanes):
+    """A task's sums out[tile t rows, block b columns], from partial[column][rows] by lanes x
+    lanes shuffle transposes; `row_order(partial, c, v)` gives column c's rows [v lanes,
+    (v + 1) lanes) in order."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    for cg in range(cols // lanes):
+        for v in range(mt // lanes):
+            rows = _transpose([row_order(partial, cg * lanes + i, v) for i in range(lanes)],
+                              lanes)
+            n0 = b * cols + cg * lanes
+            for s, row in enumerate(rows):
+                m = t * mt + v * lanes + s
+                with T.If(tirx.all(m < M, n0 < N) if M % mt else n0 < N):
+                    with T.Then():
+                        with T.If(n0 + lanes <= N):
+                            with T.Then():
+                                T.buffer_store(out, row, [m, T.ramp(n0, 1, lanes)])
+                            with T.Else():
+                                for i in range(lanes):
+                                    with T.If(n0 + i < N):
+                                        with T.Then():
+                                            T.buffer_store(out, tirx.Shuffle([row], [i]),
+                                                           [m, n0 + i])
+
+
+def _matmul_chunks(sparse, chunk, reduction, multiple) -> SparseWeight:
+    """`sparse` (rows with sorted indices) split at every `chunk` reduction indices, output o's
+    chunk k as row o * nk + k, each row padded to a multiple of `multiple` entries with zeros
+    (index: the chunk's first)."""
+    nk = -(-reduction // chunk)
+    rows = np.repeat(np.arange(sparse.outputs), np.diff(sparse.indptr)) * nk \
+        + sparse.indices // chunk
+    counts = np.bincount(rows, minlength=sparse.outputs * nk)
+    padded = -(-counts // multiple) * multiple
+    indptr = np.zeros(sparse.outputs * nk + 1, np.int32)
+    np.cumsum(padded, out=indptr[1:])
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    at = indptr[rows] + np.arange(sparse.nnz) - firsts[rows]
+    indices = np.repeat(np.arange(sparse.outputs * nk, dtype=np.int32) % nk * chunk, padded)
+    data = np.zeros((int(indptr[-1]),) + sparse.data.shape[1:], sparse.data.dtype)
+    indices[at], data[at] = sparse.indices, sparse.data
+    return replace(sparse, indptr=indptr, indices=indices.astype(np.int32), data=data)
 
 
 def _matmul_bsr_cpu(M, K, N, a_dtype, sparse, lanes):

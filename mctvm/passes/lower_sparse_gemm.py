@@ -15,20 +15,21 @@ MODES = ("auto", "dense") + sparse_gemm.FORMATS
 
 # Weight sparsity (fraction of zero values, unstructured) from which on the sparse kernel ran
 # faster than the dense integer kernel (the default CPU schedule), per (op, format, batch 1 or
-# more: measured at 64); the highest over the layers measured. Measured by
+# 64); the highest over the layers measured. Batches (matmul: rows) under 16 take the batch-1
+# crossovers: the kernels put 16 samples (rows) in the vector lanes from there on. Measured by
 # bench/bench_sparse.py (int16 activations; the built-in VGG-7's 1152->256 dense layer and
-# its 128->128 7x7 and 32->32 28x28 stride-1 convs) on an Intel Xeon (LLVM: rocketlake,
-# AVX-512 + VNNI), 2 cores (load average 1.6), TVM 0.27, 2026-11-23. None: the sparse kernel
-# never won there. Other CPUs will differ; force a format with sparse="csr" / "bsr".
+# its 128->128 7x7 and 32->32 28x28 stride-1 convs) on an AMD EPYC (LLVM: znver5, AVX-512 +
+# VNNI), 2 cores, TVM 0.27, 2026-12-03. None: the sparse kernel never won there. Other CPUs
+# will differ; force a format with sparse="csr" / "bsr".
 CROSSOVER = {
     ("matmul", "csr", 1): None,
     ("matmul", "bsr", 1): 0.99,
-    ("matmul", "csr", 64): 0.99,
-    ("matmul", "bsr", 64): 0.99,
+    ("matmul", "csr", 64): 0.6,
+    ("matmul", "bsr", 64): 0.8,
     ("conv2d", "csr", 1): 0.8,
     ("conv2d", "bsr", 1): 0.9,
-    ("conv2d", "csr", 64): 0.7,
-    ("conv2d", "bsr", 64): 0.8,
+    ("conv2d", "csr", 64): 0.8,
+    ("conv2d", "bsr", 64): 0.7,
 }
 
 
@@ -66,15 +67,16 @@ def integer_gemm(call) -> str | None:
 
 
 def choose(kind: str, weight: np.ndarray, batch: int, mode: str, measured: bool = True) -> str:
-    """'dense', 'csr' or 'bsr' for this weight: `mode` unless "auto"; then the format whose
-    crossover the weight's sparsity (fraction of zero values) passes by the most, dense when
-    none is passed or the layer is not of the measured kind (`measured`: stride-1 conv)."""
+    """'dense', 'csr' or 'bsr' for this weight (batch: a matmul's rows): `mode` unless "auto";
+    then the format whose crossover the weight's sparsity (fraction of zero values) passes by
+    the most, dense when none is passed or the layer is not of the measured kind (`measured`:
+    stride-1 conv)."""
     if mode != "auto":
         return mode
     sparsity = float(np.mean(weight == 0)) if weight.size else 1.0
     best, margin = "dense", 0.0
     for fmt in sparse_gemm.FORMATS:
-        crossover = CROSSOVER.get((kind, fmt, 1 if batch == 1 else 64))
+        crossover = CROSSOVER.get((kind, fmt, 64 if batch >= 16 else 1))
         if crossover is not None and measured and sparsity - crossover > margin:
             best, margin = fmt, sparsity - crossover
     return best
@@ -107,7 +109,8 @@ class _Lowerer(relax.PyExprMutator):
             lhs = self.builder_.emit(relax.op.astype(lhs, "int16"))
             weight = weight.astype(np.int16)
         measured = kind == "matmul" or [int(s) for s in call.attrs.strides] == [1, 1]
-        layer["gemm_kernel"] = choose(kind, weight, shape[0], mode, measured)
+        batch = int(np.prod(shape[:-1])) if kind == "matmul" else shape[0]
+        layer["gemm_kernel"] = choose(kind, weight, batch, mode, measured)
         if layer["gemm_kernel"] == "dense":
             return call
         return self._sparse(call, kind, lhs, shape, weight, layer)
