@@ -39,6 +39,11 @@ CPU kernels (parallel outer loop, vectorised inner loop, int32 accumulators in r
   group. A task is a group and a register tile of output positions (1 x 7 or 1 x 14 here);
   over every output channel, and the reduction cut into chunks of channel pairs whose input
   window fits L1 (the weight's rows split by chunk); results transposed back by shuffles;
+- conv2d, CSR pairs from one vector of samples on: the input transposed the same way to int16
+  xt[group][c][hp][wp][sample], 2 x `lanes` samples per group; a nonzero pair's two windows
+  are interleaved by unpack (one shuffle per vpdpwssd). Each vector load then feeds a pair
+  of nonzeros rather than a pair block (at 70% zeros, 0.3 pairs against 0.51 blocks per two
+  weights), which matters where loads bound the loop (two a cycle on Zen 5);
 - conv2d, otherwise: the input zero-padded once per call; output positions q = oh*Wq + ow
   (Wq = Wp for stride 1, so a nonzero's window is one contiguous vector run) in tiles of up to
   16 vectors, with several samples per task when one sample's positions fill fewer; per output
@@ -782,9 +787,19 @@ def sparse_conv2d(x_shape, x_dtype, weight: np.ndarray, fmt: str, *, strides=(1,
         sparse.indices = replace(geo, channels=c2).offsets()[sparse.indices] * scale
     else:
         sparse = _make(weight.reshape(weight.shape[0], -1), fmt, block)
+        if batched and _pairable(sparse, pairs):  # CSR pairs with samples in the lanes
+            taps = int(np.prod(geo.kernel))
+            sparse.indptr = _chunk_rows(sparse, taps * _batch_chunk(geo, lanes, paired=True),
+                                        taps * geo.channels)
+            sparse.indices = geo.offsets()[sparse.indices] * lanes
+            return _finish_conv(geo, x_dtype, paired_csr(sparse), device, lanes, name)
         sparse.indices = geo.offsets()[sparse.indices]
     if cpu_pairs and _pairable(sparse, pairs):
         sparse = paired_csr(sparse)
+    return _finish_conv(geo, x_dtype, sparse, device, lanes, name)
+
+
+def _finish_conv(geo, x_dtype, sparse, device, lanes, name):
     func = conv2d_kernel(geo, str(x_dtype), sparse, device=device, lanes=lanes, name=name)
     return func, sparse.arrays
 
@@ -812,6 +827,8 @@ def conv2d_kernel(geo: _ConvGeometry, x_dtype, sparse: SparseWeight, *, device="
         return _named(_conv_cuda(geo, x_dtype, sparse), name)
     if sparse.packed and _batch_lanes(geo, lanes):
         return _named(_conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes), name)
+    if sparse.paired and _batch_lanes(geo, lanes):
+        return _named(_conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes), name)
     if sparse.packed:
         return _named(_conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes), name)
     return _named(_conv_cpu(geo, x_dtype, sparse, lanes), name)
@@ -856,24 +873,26 @@ def _chunk_rows(sparse, chunk, reduction) -> np.ndarray:
     return indptr
 
 
-def _batch_chunk(geo, lanes) -> int:
-    """Channel pairs per chunk of a batch-lanes kernel: the input window of one register tile
-    (chunk x its rows x columns x a vector) within _WINDOW_BYTES, an even split."""
-    c2 = -(-geo.channels // 2)
-    (R, P), (kh, kw) = _batch_tile(geo, lanes), geo.kernel
+def _batch_chunk(geo, lanes, paired=False) -> int:
+    """Channel pairs (`paired`, CSR pairs: channels) per chunk of a batch-lanes kernel: the
+    input window of one register tile (chunk x its rows x columns x a vector) within
+    _WINDOW_BYTES, an even split."""
+    units = geo.channels if paired else -(-geo.channels // 2)
+    (R, P), (kh, kw) = _batch_tile(geo, lanes, 2 if paired else 1), geo.kernel
     (sh, sw), (dh, dw) = geo.strides, geo.dilation
-    per_pair = ((R - 1) * sh + (kh - 1) * dh + 1) * ((P - 1) * sw + (kw - 1) * dw + 1) * lanes * 4
-    chunks = -(-c2 // max(1, _WINDOW_BYTES // per_pair))
-    return -(-c2 // chunks)
+    per_unit = ((R - 1) * sh + (kh - 1) * dh + 1) * ((P - 1) * sw + (kw - 1) * dw + 1) * lanes * 4
+    chunks = -(-units // max(1, _WINDOW_BYTES // per_unit))
+    return -(-units // chunks)
 
 
-def _batch_tile(geo, lanes):
+def _batch_tile(geo, lanes, per_position=1):
     """(rows, columns) of output positions in a batch-lanes register tile, at most
-    _CONV_ACCUMULATORS vectors (half on AVX2): the fewest positions computed, counting per
+    _CONV_ACCUMULATORS vectors (half on AVX2; `per_position` vectors each): the fewest
+    positions computed, counting per
     position a share of each nonzero's broadcast and index load (1 / tile) and of each row's
     transposed stores (1 / columns). On this machine (1, 7) beat (2, 7) for 7x7 outputs and
     (1, 14) beat (4, 4) and (2, 7) for 28x28 ones."""
-    budget = _CONV_ACCUMULATORS if lanes >= 16 else _CONV_ACCUMULATORS // 2
+    budget = (_CONV_ACCUMULATORS if lanes >= 16 else _CONV_ACCUMULATORS // 2) // per_position
     oh, ow = geo.out_size
 
     def cost(tile):
@@ -1200,6 +1219,138 @@ def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
                                     acc.vload([r, p, 0], wide)
 
     return kernel
+
+def _conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes):
+    """CSR pairs with samples in the lanes: the input transposed once per call to int16
+    xt[group][c][hp][wp][2 lanes samples] (an int32 word holds samples 2i, 2i + 1; the shuffle
+    transposes of _conv_batch_lanes_cpu); per task a register tile of R x P output positions,
+    two accumulator vectors each (samples [0, lanes) and [lanes, 2 lanes) of the group). A
+    nonzero pair's two windows are interleaved by unpack into int16 pairs, one vpdpwssd per
+    half (the packing orders the samples so that each half comes out in order); chunks of
+    channels and
+    `tiles` between them as there. Against pair blocks, each vector load feeds a nonzero pair,
+    not a pair block (at 70% zeros: 0.3 pairs, 0.51 blocks per two weights)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    B, C, H, W, O = geo.batch, geo.channels, geo.height, geo.width, geo.out_channels
+    hp, wp = geo.padded
+    top, left = geo.padding[0], geo.padding[1]
+    OH, OW = geo.out_size
+    sh, sw = geo.strides
+    R, P = _batch_tile(geo, lanes, 2)
+    nth, ntw = -(-OH // R), -(-OW // P)
+    S = 2 * lanes  # samples per group
+    groups = -(-B // S)
+    reach = int(sparse.indices.max(initial=0)) // lanes + (nth * R - 1) * sh * wp \
+        + (ntw * P - 1) * sw + 1
+    plane = max(C * hp * wp, reach) * lanes
+    npairs = max(int(sparse.indptr[-1]), 1)
+    nk = (sparse.indptr.shape[0] - 1) // O  # chunks of channels (see _chunk_rows)
+    wide, half16 = f"int32x{lanes}", f"int16x{S}"
+    starts = [min(w0, max(W - lanes, 0)) for w0 in range(0, W, lanes)]
+    # unpack takes int16 words 8L + k (low half) and 8L + 4 + k (high half) of 128-bit lane L
+    # into int32 lane 4L + k: holding samples 4L + k and lanes + 4L + k there, each half's
+    # accumulators come out in sample order
+    order = [(lanes if v % 8 >= 4 else 0) + 4 * (v // 8) + v % 4 for v in range(S)]
+
+    def zeros():
+        return tirx.Broadcast(T.int32(0), lanes)
+
+    def sample_row(x, b, c, h, w0):  # int32 lanes of x[b, c, h, w0:w0 + lanes], zero past W
+        n = min(lanes, W - w0)
+        row = T.Cast(f"int32x{n}", x.vload([T.min(b, B - 1), c, h, w0], f"{x_dtype}x{n}"))
+        if n < lanes:
+            row = tirx.Shuffle([row, zeros()], list(range(n)) + [n] * (lanes - n))
+        return row if B % S == 0 else T.if_then_else(b < B, row, zeros())
+
+    def pack_input(x, xt, task):
+        """xt's columns of (group, c, h) = task: int16 word v of a column holds the group's
+        sample order[v]."""
+        g, c, h = task // (C * H), task // H % C, task % H
+        for w0 in starts:
+            rows = []
+            for i in range(lanes):
+                lo = T.bitwise_and(sample_row(x, g * S + order[2 * i], c, h, w0),
+                                   tirx.Broadcast(T.int32(0xFFFF), lanes))
+                hi = sample_row(x, g * S + order[2 * i + 1], c, h, w0)
+                rows.append(T.bitwise_or(lo, T.shift_left(hi, tirx.Broadcast(T.int32(16),
+                                                                              lanes))))
+            for w, column in enumerate(_transpose(rows, lanes)[:min(lanes, W - w0)]):
+                T.buffer_store(xt, column, [T.ramp(
+                    g * plane + ((c * hp + h + top) * wp + left + w0 + w) * lanes, 1, lanes)])
+
+    def store_output(out, acc, task, o):
+        """The tile's accumulators as rows of P outputs per sample (P lanes stored)."""
+        g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
+        for r in range(R):
+            for half in range(2):
+                rows = _transpose([acc.vload([r, p, half, 0], wide) for p in range(P)]
+                                  + [zeros()] * (lanes - P), lanes)
+                for s, row in enumerate(rows):
+                    b = g * S + half * lanes + s
+                    conds = [oh0 + r < OH] + ([b < B] if B % S else [])
+                    with T.If(tirx.all(*conds)):
+                        with T.Then():
+                            if OW % P == 0 and P > 1:
+                                T.buffer_store(out, tirx.Shuffle([row], list(range(P))),
+                                               [b, o, oh0 + r, T.ramp(ow0, 1, P)])
+                            else:
+                                for p in range(P):
+                                    with T.If(ow0 + p < OW):
+                                        with T.Then():
+                                            T.buffer_store(out, tirx.Shuffle([row], [p]),
+                                                           [b, o, oh0 + r, ow0 + p])
+
+    def pair_step(acc, xt, indices, data, task, j):
+        g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
+        for r in range(R):
+            for p in range(P):
+                at = g * plane + ((oh0 + r) * sh * wp + (ow0 + p) * sw) * lanes
+                x1 = T.reinterpret(xt.vload([at + indices[j, 0]], wide), dtype=half16)
+                x2 = T.reinterpret(xt.vload([at + indices[j, 1]], wide), dtype=half16)
+                for h in range(2):
+                    T.buffer_store(acc, _pmadd_packed(
+                        acc.vload([r, p, h, 0], wide), _unpack(x1, x2, h, lanes), data[j],
+                        lanes, interleaved=True), [r, p, h, T.ramp(0, 1, lanes)])
+
+    @T.prim_func
+    def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((O * nk + 1,), "int32"),
+               indices: T.Buffer((npairs, 2), "int32"), data: T.Buffer((npairs,), "int32"),
+               out: T.Buffer((B, O, OH, OW), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xt = T.alloc_buffer((groups * plane,), "int32")
+        for i in T.parallel(groups * plane // lanes):  # the zero border and tail
+            if (i % (plane // lanes) >= C * hp * wp or i % (plane // lanes) // wp % hp < top
+                    or i % (plane // lanes) // wp % hp >= top + H
+                    or i % (plane // lanes) % wp < left or i % (plane // lanes) % wp >= left + W):
+                xt[T.ramp(i * lanes, 1, lanes)] = zeros()
+        for task in T.parallel(groups * C * H):
+            pack_input(x, xt, task)
+        for task in T.parallel(groups * nth * ntw):
+            tiles = T.alloc_buffer((O if nk > 1 else 1, R, P, 2, lanes), "int32")
+            for k in T.serial(nk):
+                for o in T.serial(O):
+                    acc = T.alloc_buffer((R, P, 2, lanes), "int32", scope="local")
+                    for r in T.unroll(R):
+                        for p in T.unroll(P):
+                            for h in T.unroll(2):
+                                acc[r, p, h, T.ramp(0, 1, lanes)] = T.if_then_else(
+                                    k == 0, zeros(),
+                                    tiles.vload([o % tiles.shape[0], r, p, h, 0], wide))
+                    for j in T.serial(indptr[o * nk + k], indptr[o * nk + k + 1]):
+                        pair_step(acc, xt, indices, data, task, j)
+                    if k == nk - 1:
+                        store_output(out, acc, task, o)
+                    else:
+                        for r in T.unroll(R):
+                            for p in T.unroll(P):
+                                for h in T.unroll(2):
+                                    tiles[o % tiles.shape[0], r, p, h, T.ramp(0, 1, lanes)] = \
+                                        acc.vload([r, p, h, 0], wide)
+
+    return kernel
+
 
 def _conv_cuda(geo, x_dtype, sparse):
     from tvm import tirx

@@ -28,7 +28,7 @@ CROSSOVER = {
     ("matmul", "bsr", 64): 0.8,
     ("conv2d", "csr", 1): 0.8,
     ("conv2d", "bsr", 1): 0.9,
-    ("conv2d", "csr", 64): 0.8,
+    ("conv2d", "csr", 64): 0.7,
     ("conv2d", "bsr", 64): 0.7,
 }
 
