@@ -299,16 +299,6 @@ def _matmul_csr_cpu(M, K, N, a_dtype, sparse, lanes):
     return kernel
 
 
-def _pmadd(acc, x1, x2, packed, lanes):
-    """acc + (x1 * low + x2 * high) per int32 lane: x1, x2 int16 vectors of `lanes`, packed
-    the int32 holding two int16 weights; one pmaddwd (+ add: vpdpwssd with VNNI)."""
-    from tvm import tirx
-    from tvm.script import tirx as T
-
-    pairs = tirx.Shuffle([x1, x2], [v for i in range(lanes) for v in (i, i + lanes)])
-    return _pmadd_packed(acc, pairs, packed, lanes, interleaved=True)
-
-
 def _pmadd_packed(acc, pairs, packed, lanes, interleaved=False):
     """acc + pmaddwd(pairs, packed): `pairs` int32xlanes holding int16 pairs (or, with
     interleaved, int16x(2 lanes)), `packed` the int32 weight pair broadcast to every lane."""
@@ -354,22 +344,14 @@ def _pack_expr(x0, x1):
 
 
 def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
-    """CSR pairs with rows in the lanes: the activations transposed once per call to int16
-    rows a_t[tile][k][m] (see _matmul_pack); a task is a tile of rows and a block of output
-    columns; per chunk of k (its rows of a_t stay in L1), per column, `sets` accumulator sets
-    take the column's nonzero pairs in turn (paired_csr, padded to a multiple of sets; a pair's
-    two indices in one int32, uint16 halves: one load, not two). A pair's two rows are
-    interleaved by unpack into int16 pairs, one vpdpwssd per vector; the
-    sums wait in `partial` in that interleaved order between chunks (_unpacked_order restores
-    it on the way out)."""
+    """CSR pairs with rows in the lanes (_matmul_rows_in_lanes over int16 rows a_t[tile][k][m]):
+    a pair's two indices are one int32 (uint16 halves: one load, not two), its two rows of a_t
+    are interleaved by unpack into int16 pairs, one vpdpwssd per vector. The sums wait in that
+    interleaved order; _unpacked_order restores it on the way out."""
     from tvm.script import tirx as T
 
-    mt, sets, _ = _matmul_tile(M, K, lanes, paired=True)
+    mt, _, _ = _matmul_tile(M, K, lanes, paired=True)
     step = 2 * lanes  # rows of one unpack: two accumulator vectors
-    u = mt // lanes
-    nk = (sparse.indptr.shape[0] - 1) // N
-    npairs = max(int(sparse.indptr[-1]), 1)
-    tiles, blocks, cols = _matmul_blocks(M, N, mt, lanes)
     wide, group = f"int32x{lanes}", f"int16x{step}"
 
     def row_order(partial, c, v):  # rows [v lanes, (v + 1) lanes) of column c, in order
@@ -377,13 +359,10 @@ def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
         return _unpacked_order(partial.vload([c * mt + 2 * g * lanes], wide),
                                partial.vload([c * mt + (2 * g + 1) * lanes], wide), half, lanes)
 
-    def row(indices, p, h):  # a_t offset of pair p's row h (indices: two uint16 halves)
+    def step_pair(acc, a_t, indices, data, base, p, s):
         word = indices[p]
-        return (T.bitwise_and(word, 0xFFFF) if h == 0
-                else T.bitwise_and(T.shift_right(word, 16), 0xFFFF)) * mt
-
-    def pair_step(acc, a_t, indices, data, base, p, s):
-        rows = [base + row(indices, p, h) for h in range(2)]
+        rows = [base + T.bitwise_and(word, 0xFFFF) * mt,
+                base + T.bitwise_and(T.shift_right(word, 16), 0xFFFF) * mt]
         for g in range(mt // step):
             x = [a_t.vload([r + g * step], group) for r in rows]
             for half in range(2):
@@ -391,58 +370,53 @@ def _matmul_pairs_cpu(M, K, N, a_dtype, sparse, lanes):
                     acc.vload([s, 2 * g + half, 0], wide), _unpack(x[0], x[1], half, lanes),
                     data[p], lanes, interleaved=True), [s, 2 * g + half, T.ramp(0, 1, lanes)])
 
-    @T.prim_func
-    def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N * nk + 1,), "int32"),
-               indices: T.Buffer((npairs,), "int32"), data: T.Buffer((npairs,), "int32"),
-               out: T.Buffer((M, N), "int32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        a_t = T.alloc_buffer((tiles * K * mt,), "int16")
-        _matmul_pack(a, a_t, M, K, mt, lanes, split=True)
-        for task in T.parallel(tiles * blocks):
-            partial = T.alloc_buffer((cols * mt,), "int32")
-            for k in T.serial(nk):
-                for c in T.serial(cols):
-                    acc = T.alloc_buffer((sets, u, lanes), "int32", scope="local")
-                    _matmul_start(acc, partial, k, c, sets, u, mt, lanes)
-                    if task % blocks * cols + c < N:
-                        first = T.bind(indptr[(task % blocks * cols + c) * nk + k])
-                        for j in T.serial((indptr[(task % blocks * cols + c) * nk + k + 1]
-                                           - first) // sets):
-                            for s in range(sets):
-                                pair_step(acc, a_t, indices, data, task // blocks * K * mt,
-                                          first + j * sets + s, s)
-                    _matmul_keep(acc, partial, c, sets, u, mt, lanes)
-            _matmul_store(out, partial, row_order, task // blocks, task % blocks, M, N, mt,
-                          cols, lanes)
-
-    return kernel
+    return _matmul_rows_in_lanes(M, K, N, a_dtype, sparse, lanes, True, step_pair, row_order)
 
 
 def _matmul_pair_blocks_cpu(M, K, N, a_dtype, sparse, lanes):
-    """Pair blocks with rows in the lanes: the activations packed once per call into int32
-    pairs a2[tile][r][m] = (a[m, 2r], a[m, 2r + 1]) (see _matmul_pack); tasks, chunks (of
-    pairs), accumulator sets and `partial` as in _matmul_pairs_cpu, one vpdpwssd per nonzero
-    pair block and vector of rows, its operand an aligned load."""
+    """Pair blocks with rows in the lanes (_matmul_rows_in_lanes over int32 pairs
+    a2[tile][r][m] = (a[m, 2r], a[m, 2r + 1])): one vpdpwssd per nonzero pair block and
+    vector of rows, its operand an aligned load."""
     from tvm.script import tirx as T
 
-    mt, sets, _ = _matmul_tile(M, K, lanes, paired=False)
-    u = mt // lanes
-    k2 = -(-K // 2)
-    nk = (sparse.indptr.shape[0] - 1) // N
-    nnz = max(sparse.nnz, 1)
-    tiles, blocks, cols = _matmul_blocks(M, N, mt, lanes)
+    mt, _, _ = _matmul_tile(M, K, lanes, paired=False)
     wide = f"int32x{lanes}"
 
     def row_order(partial, c, v):
         return partial.vload([c * mt + v * lanes], wide)
+
+    def step_block(acc, a2, indices, data, base, p, s):
+        for v in range(mt // lanes):
+            T.buffer_store(acc, _pmadd_packed(
+                acc.vload([s, v, 0], wide), a2.vload([base + indices[p] * mt + v * lanes], wide),
+                data[p], lanes), [s, v, T.ramp(0, 1, lanes)])
+
+    return _matmul_rows_in_lanes(M, K, N, a_dtype, sparse, lanes, False, step_block, row_order)
+
+
+def _matmul_rows_in_lanes(M, K, N, a_dtype, sparse, lanes, paired, step, row_order):
+    """The rows-in-lanes matmul: the activations packed once per call (_matmul_pack: int16
+    rows when `paired`, else int32 pairs); a task is a tile of rows and a block of output
+    columns; per chunk of the reduction (its packed rows stay in L1), per column, `sets`
+    accumulator sets take the column's entries in turn (rows padded to a multiple of sets);
+    `step(acc, packed, indices, data, base, p, s)` adds entry p into set s. The sums wait in
+    `partial` between chunks and go out by shuffle transposes (`row_order`: _matmul_store)."""
+    from tvm.script import tirx as T
+
+    mt, sets, _ = _matmul_tile(M, K, lanes, paired)
+    u = mt // lanes
+    nk = (sparse.indptr.shape[0] - 1) // N
+    nnz = max(int(sparse.indptr[-1]), 1)
+    tiles, blocks, cols = _matmul_blocks(M, N, mt, lanes)
+    rows, packed_dtype = (K, "int16") if paired else (-(-K // 2), "int32")
 
     @T.prim_func
     def kernel(a: T.Buffer((M, K), a_dtype), indptr: T.Buffer((N * nk + 1,), "int32"),
                indices: T.Buffer((nnz,), "int32"), data: T.Buffer((nnz,), "int32"),
                out: T.Buffer((M, N), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        a2 = T.alloc_buffer((tiles * k2 * mt,), "int32")
-        _matmul_pack(a, a2, M, K, mt, lanes, split=False)
+        packed = T.alloc_buffer((tiles * rows * mt,), packed_dtype)
+        _matmul_pack(a, packed, M, K, mt, lanes, split=paired)
         for task in T.parallel(tiles * blocks):
             partial = T.alloc_buffer((cols * mt,), "int32")
             for k in T.serial(nk):
@@ -454,13 +428,8 @@ def _matmul_pair_blocks_cpu(M, K, N, a_dtype, sparse, lanes):
                         for j in T.serial((indptr[(task % blocks * cols + c) * nk + k + 1]
                                            - first) // sets):
                             for s in range(sets):
-                                for v in range(u):
-                                    T.buffer_store(acc, _pmadd_packed(
-                                        acc.vload([s, v, 0], wide), a2.vload(
-                                            [(task // blocks * k2 + indices[first + j * sets + s])
-                                             * mt + v * lanes], wide),
-                                        data[first + j * sets + s], lanes),
-                                        [s, v, T.ramp(0, 1, lanes)])
+                                step(acc, packed, indices, data, task // blocks * rows * mt,
+                                     first + j * sets + s, s)
                     _matmul_keep(acc, partial, c, sets, u, mt, lanes)
             _matmul_store(out, partial, row_order, task // blocks, task % blocks, M, N, mt,
                           cols, lanes)
@@ -1102,6 +1071,39 @@ def _conv_pair_blocks_cpu(geo, x_dtype, sparse, lanes):
     return kernel
 
 
+def _sample_row(x, b, c, h, w0, lanes, whole):
+    """int32 lanes of x[b, c, h, w0:w0 + lanes], zero past the width and (unless `whole`:
+    the groups of samples fill the batch) past the batch."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    B, W = int(x.shape[0]), int(x.shape[3])
+    zeros = tirx.Broadcast(T.int32(0), lanes)
+    n = min(lanes, W - w0)
+    row = T.Cast(f"int32x{n}", x.vload([T.min(b, B - 1), c, h, w0], f"{x.dtype}x{n}"))
+    if n < lanes:
+        row = tirx.Shuffle([row, zeros], list(range(n)) + [n] * (lanes - n))
+    return row if whole else T.if_then_else(b < B, row, zeros)
+
+
+def _zero_border(xt, geo, channels, groups, plane, lanes):
+    """Emit the loop that zeroes a batch-lanes input's padding border and tail: per group a
+    plane of `channels` x hp x wp vectors (then the tail up to `plane` values)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    hp, wp = geo.padded
+    top, left = geo.padding[0], geo.padding[1]
+    per = plane // lanes
+    with T.parallel(0, groups * per) as i:
+        v = i % per
+        with T.If(tirx.any(v >= channels * hp * wp, v // wp % hp < top,
+                           v // wp % hp >= top + geo.height, v % wp < left,
+                           v % wp >= left + geo.width)):
+            with T.Then():
+                T.buffer_store(xt, tirx.Broadcast(T.int32(0), lanes), [T.ramp(i * lanes, 1, lanes)])
+
+
 def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
     """Pair blocks with samples in the lanes: the input transposed to int32 channel pairs
     xt[group][c2][hp][wp][lanes] (one group of `lanes` samples after the other), so that every
@@ -1133,12 +1135,8 @@ def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
     def zeros():
         return tirx.Broadcast(T.int32(0), lanes)
 
-    def sample_row(x, b, c, h, w0):  # int32 lanes of x[b, c, h, w0:w0 + lanes], zero past W
-        n = min(lanes, W - w0)
-        row = T.Cast(f"int32x{n}", x.vload([T.min(b, B - 1), c, h, w0], f"{x_dtype}x{n}"))
-        if n < lanes:
-            row = tirx.Shuffle([row, zeros()], list(range(n)) + [n] * (lanes - n))
-        return row if B % lanes == 0 else T.if_then_else(b < B, row, zeros())
+    def sample_row(x, b, c, h, w0):
+        return _sample_row(x, b, c, h, w0, lanes, B % lanes == 0)
 
     def pack_input(x, xt, task):
         """xt's columns of (group, c2, h) = task: int16 pairs of channels 2c2, 2c2 + 1."""
@@ -1183,11 +1181,7 @@ def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
                out: T.Buffer((B, O, OH, OW), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xt = T.alloc_buffer((groups * plane,), "int32")
-        for i in T.parallel(groups * plane // lanes):  # the zero border and tail
-            if (i % (plane // lanes) >= c2 * hp * wp or i % (plane // lanes) // wp % hp < top
-                    or i % (plane // lanes) // wp % hp >= top + H
-                    or i % (plane // lanes) % wp < left or i % (plane // lanes) % wp >= left + W):
-                xt[T.ramp(i * lanes, 1, lanes)] = zeros()
+        _zero_border(xt, geo, c2, groups, plane, lanes)
         for task in T.parallel(groups * c2 * H):
             pack_input(x, xt, task)
         for task in T.parallel(groups * nth * ntw):
@@ -1257,12 +1251,8 @@ def _conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes):
     def zeros():
         return tirx.Broadcast(T.int32(0), lanes)
 
-    def sample_row(x, b, c, h, w0):  # int32 lanes of x[b, c, h, w0:w0 + lanes], zero past W
-        n = min(lanes, W - w0)
-        row = T.Cast(f"int32x{n}", x.vload([T.min(b, B - 1), c, h, w0], f"{x_dtype}x{n}"))
-        if n < lanes:
-            row = tirx.Shuffle([row, zeros()], list(range(n)) + [n] * (lanes - n))
-        return row if B % S == 0 else T.if_then_else(b < B, row, zeros())
+    def sample_row(x, b, c, h, w0):
+        return _sample_row(x, b, c, h, w0, lanes, B % S == 0)
 
     def pack_input(x, xt, task):
         """xt's columns of (group, c, h) = task: int16 word v of a column holds the group's
@@ -1320,11 +1310,7 @@ def _conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes):
                out: T.Buffer((B, O, OH, OW), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xt = T.alloc_buffer((groups * plane,), "int32")
-        for i in T.parallel(groups * plane // lanes):  # the zero border and tail
-            if (i % (plane // lanes) >= C * hp * wp or i % (plane // lanes) // wp % hp < top
-                    or i % (plane // lanes) // wp % hp >= top + H
-                    or i % (plane // lanes) % wp < left or i % (plane // lanes) % wp >= left + W):
-                xt[T.ramp(i * lanes, 1, lanes)] = zeros()
+        _zero_border(xt, geo, C, groups, plane, lanes)
         for task in T.parallel(groups * C * H):
             pack_input(x, xt, task)
         for task in T.parallel(groups * nth * ntw):
