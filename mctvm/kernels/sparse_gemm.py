@@ -74,7 +74,7 @@ CONV_BLOCK = 4  # output channels of a BSR conv block
 _CONV_ACCUMULATORS = 16  # int32 vectors of a conv register tile (AVX-512; 8 on AVX2)
 _WINDOW_BYTES = 48 << 10  # input a batch-lanes register tile reads per chunk: L1's size
 _MATMUL_WINDOW = 40 << 10  # packed activations a rows-in-lanes matmul reads per chunk (of 48)
-_MATMUL_TASKS = 8  # parallel tasks a pair-block matmul aims for (tiles x column blocks)
+_MATMUL_TASKS = 8  # parallel tasks a rows-in-lanes matmul aims for (tiles x column blocks)
 
 
 @dataclass
@@ -147,7 +147,8 @@ def paired_csr(sparse: SparseWeight, multiple: int = 1) -> SparseWeight:
     pairs = -(-((counts + 1) // 2) // multiple) * multiple
     indptr = np.zeros_like(sparse.indptr)
     np.cumsum(pairs, out=indptr[1:])
-    firsts = _at_least_one(sparse.indices)[np.minimum(sparse.indptr[:-1], max(sparse.nnz - 1, 0))]
+    firsts = _at_least_one(sparse.indices)[np.minimum(sparse.indptr[:-1],
+                                                      max(sparse.nnz - 1, 0))]
     indices = np.repeat(firsts, 2 * pairs).astype(np.int32)
     values = np.zeros((int(indptr[-1]) * 2,), np.int16)
     at = np.arange(sparse.nnz) + np.repeat(indptr[:-1] * 2 - sparse.indptr[:-1], counts)
