@@ -60,6 +60,12 @@ def quiet_native_stderr():
 _FOLD_EVERY = 64
 
 
+def _sampled_layers(metadata) -> list:
+    """The layers whose activations are sampled at run time, in the order of main's stats."""
+    layers = (metadata.get("mcq") or {}).get("layers", [])
+    return [layer for layer in layers if layer.get("K_activations")]
+
+
 class CompiledModel:
     """A built mctvm program: `model(x)` or `model(input=x)` returns numpy arrays."""
 
@@ -75,9 +81,7 @@ class CompiledModel:
         self.output_info = [TensorInfo.from_dict(d) for d in metadata["outputs"]]
         self.device = backend(target).device(target)
         self._vm_instance = vm
-        layers = metadata.get("mcq", {}).get("layers", [])
-        # Layers whose activations are sampled at run time, in the order of main's stats.
-        self._sampled = [layer for layer in layers if layer.get("K_activations")]
+        self._sampled = _sampled_layers(metadata)
         self._stats = {layer["index"]: ActivationStats(int(np.prod(layer["input_shape"][1:])))
                        for layer in self._sampled}
         self._pending = []  # stats (layers, batch, 3) of calls not folded into _stats yet
@@ -389,9 +393,7 @@ def load(path) -> CompiledModel:
         metadata = json.loads(reader[METADATA_FUNC]())
     except (AttributeError, KeyError, RuntimeError, ValueError):
         raise ModelError(f"'{path}' is not an mctvm program (it has no {METADATA_FUNC})") from None
-    mcq = metadata.get("mcq") or {}
-    if any(layer.get("K_activations") for layer in mcq.get("layers", [])) \
-            and mcq.get("stats_layout") != STATS_LAYOUT:
+    if _sampled_layers(metadata) and metadata["mcq"].get("stats_layout") != STATS_LAYOUT:
         raise ModelError(
             f"'{path}' was exported by an older mctvm ({metadata.get('mctvm_version')}) whose "
             "programs return their activation statistics in another layout; compile and "

@@ -1105,6 +1105,31 @@ def _zero_border(xt, geo, channels, groups, plane, lanes):
                 T.buffer_store(xt, tirx.Broadcast(T.int32(0), lanes), [T.ramp(i * lanes, 1, lanes)])
 
 
+def _store_sample_rows(out, positions, first, o, oh, ow0, lanes, whole):
+    """Store P = len(positions) int32 vectors of `lanes` samples (samples first, first + 1,
+    ...; output channel o, row oh, columns ow0 .. ow0 + P) into out[B, O, OH, OW], by one
+    lanes x lanes shuffle transpose: a row of P outputs per sample, those past OH, OW or (unless
+    `whole`) the batch left out."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    B, OH, OW = int(out.shape[0]), int(out.shape[2]), int(out.shape[3])
+    P = len(positions)
+    rows = _transpose(positions + [tirx.Broadcast(T.int32(0), lanes)] * (lanes - P), lanes)
+    for s, row in enumerate(rows):
+        b = first + s
+        with T.If(tirx.all(oh < OH, *([] if whole else [b < B]))):
+            with T.Then():
+                if OW % P == 0 and P > 1:
+                    T.buffer_store(out, tirx.Shuffle([row], list(range(P))),
+                                   [b, o, oh, T.ramp(ow0, 1, P)])
+                else:
+                    for p in range(P):
+                        with T.If(ow0 + p < OW):
+                            with T.Then():
+                                T.buffer_store(out, tirx.Shuffle([row], [p]), [b, o, oh, ow0 + p])
+
+
 def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
     """Pair blocks with samples in the lanes: the input transposed to int32 channel pairs
     xt[group][c2][hp][wp][lanes] (one group of `lanes` samples after the other), so that every
@@ -1160,21 +1185,8 @@ def _conv_batch_lanes_cpu(geo, x_dtype, sparse, lanes):
         """The tile's accumulators as rows of P outputs per sample (P lanes stored)."""
         g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
         for r in range(R):
-            rows = _transpose([acc.vload([r, p, 0], wide) for p in range(P)]
-                              + [zeros()] * (lanes - P), lanes)
-            for sample, row in enumerate(rows):
-                conds = [oh0 + r < OH] + ([g * lanes + sample < B] if B % lanes else [])
-                with T.If(tirx.all(*conds)):
-                    with T.Then():
-                        if OW % P == 0 and P > 1:
-                            T.buffer_store(out, tirx.Shuffle([row], list(range(P))),
-                                           [g * lanes + sample, o, oh0 + r, T.ramp(ow0, 1, P)])
-                        else:
-                            for p in range(P):
-                                with T.If(ow0 + p < OW):
-                                    with T.Then():
-                                        T.buffer_store(out, tirx.Shuffle([row], [p]),
-                                                       [g * lanes + sample, o, oh0 + r, ow0 + p])
+            _store_sample_rows(out, [acc.vload([r, p, 0], wide) for p in range(P)],
+                               g * lanes, o, oh0 + r, ow0, lanes, B % lanes == 0)
 
     @T.prim_func
     def kernel(x: T.Buffer((B, C, H, W), x_dtype), indptr: T.Buffer((O * nk + 1,), "int32"),
@@ -1222,9 +1234,8 @@ def _conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes):
     two accumulator vectors each (samples [0, lanes) and [lanes, 2 lanes) of the group). A
     nonzero pair's two windows are interleaved by unpack into int16 pairs, one vpdpwssd per
     half (the packing orders the samples so that each half comes out in order); chunks of
-    channels and
-    `tiles` between them as there. Against pair blocks, each vector load feeds a nonzero pair,
-    not a pair block (at 70% zeros: 0.3 pairs, 0.51 blocks per two weights)."""
+    channels and `tiles` between them as there. Against pair blocks, each vector load feeds a
+    nonzero pair, not a pair block (at 70% zeros: 0.3 pairs, 0.51 blocks per two weights)."""
     from tvm import tirx
     from tvm.script import tirx as T
 
@@ -1276,22 +1287,8 @@ def _conv_batch_pairs_cpu(geo, x_dtype, sparse, lanes):
         g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
         for r in range(R):
             for half in range(2):
-                rows = _transpose([acc.vload([r, p, half, 0], wide) for p in range(P)]
-                                  + [zeros()] * (lanes - P), lanes)
-                for s, row in enumerate(rows):
-                    b = g * S + half * lanes + s
-                    conds = [oh0 + r < OH] + ([b < B] if B % S else [])
-                    with T.If(tirx.all(*conds)):
-                        with T.Then():
-                            if OW % P == 0 and P > 1:
-                                T.buffer_store(out, tirx.Shuffle([row], list(range(P))),
-                                               [b, o, oh0 + r, T.ramp(ow0, 1, P)])
-                            else:
-                                for p in range(P):
-                                    with T.If(ow0 + p < OW):
-                                        with T.Then():
-                                            T.buffer_store(out, tirx.Shuffle([row], [p]),
-                                                           [b, o, oh0 + r, ow0 + p])
+                _store_sample_rows(out, [acc.vload([r, p, half, 0], wide) for p in range(P)],
+                                   g * S + half * lanes, o, oh0 + r, ow0, lanes, B % S == 0)
 
     def pair_step(acc, xt, indices, data, task, j):
         g, oh0, ow0 = task // (nth * ntw), task // ntw % nth * R, task % ntw * P
