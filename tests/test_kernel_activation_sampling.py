@@ -17,6 +17,7 @@ from mctvm.kernels.activation_sampling import (
     COUNT_LIMITS,
     SCAN_BLOCK,
     SERIAL_MAX,
+    MaxPool2d,
     cuda_sampling_prim_func,
     sampling_prim_func,
     xi_for,
@@ -28,15 +29,18 @@ NP_DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.
 
 
 @functools.lru_cache(maxsize=None)
-def build(shape, K, stream, out_dtype="int8", target=tuple(GENERIC.items())):
-    func = sampling_prim_func(shape, K, stream, out_dtype, name="main")
+def build(shape, K, stream, out_dtype="int8", target=tuple(GENERIC.items()), pool=None):
+    func = sampling_prim_func(shape, K, stream, out_dtype, name="main", pool=pool)
     return tvm.compile(func, target=tvm.target.Target(dict(target)))
 
 
-def run(x, K, seed, stream=3, out_dtype="int8", target=GENERIC):
-    ex = build(x.shape, K, stream, out_dtype, tuple(target.items()))
+def run(x, K, seed, stream=3, out_dtype="int8", target=GENERIC, pool=None, shape=None):
+    """The kernel's (counts, scale, stats) for x; with a pool, x is its input and `shape`
+    the sampled shape."""
+    shape = shape or x.shape
+    ex = build(shape, K, stream, out_dtype, tuple(target.items()), pool)
     B = x.shape[0]
-    counts = tvm.runtime.tensor(np.full(x.shape, 99, NP_DTYPES[out_dtype]))  # junk to overwrite
+    counts = tvm.runtime.tensor(np.full(shape, 99, NP_DTYPES[out_dtype]))  # junk to overwrite
     scale = tvm.runtime.tensor(np.full(B, -1, np.float32))
     stats = tvm.runtime.tensor(np.full((B, 3), -1, np.int32))
     ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([seed], np.int64)),
@@ -215,6 +219,50 @@ def test_uint8_counts_of_non_negative_inputs_saturate_at_255():
     assert stats[0, 2] == 1 and (stats[1:, 2] == 0).all()
 
 
+def max_pool_reference(x, size, stride):
+    """Max pool of NCHW x without padding, window by window."""
+    (kh, kw), (sh, sw) = size, stride
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("shape, size, stride, flat", [
+    ((3, 4, 8, 10), (2, 2), (2, 2), False),  # even width: rows read as 64-bit pairs
+    ((2, 5, 7, 7), (2, 2), (2, 2), True),  # odd width, output flattened (VGG-7's last pool)
+    ((2, 3, 9, 11), (3, 3), (2, 2), False),
+    ((1, 4, 9, 9), (3, 3), (1, 1), False),  # one sample, serial
+    ((1, 64, 48, 48), (2, 2), (2, 2), False),  # one sample over SERIAL_MAX: parallel stages
+])
+@pytest.mark.parametrize("out_dtype, kind", [("uint8", "relu"), ("int16", "gaussian")])
+@pytest.mark.parametrize("target", [GENERIC, HOST], ids=["generic", "host"])
+def test_fused_max_pool_samples_the_pooled_values(shape, size, stride, flat, out_dtype, kind,
+                                                  target):
+    rng = np.random.default_rng(sum(shape))
+    x = data(kind, shape, rng)
+    pooled = max_pool_reference(x, size, stride)
+    if flat:
+        pooled = pooled.reshape(len(pooled), -1)
+    if shape == (1, 64, 48, 48):
+        assert pooled.size > SERIAL_MAX
+    pool = MaxPool2d(shape[1], shape[2], shape[3], size, stride)
+    got = run(x, 2, 77, out_dtype=out_dtype, target=target, pool=pool, shape=pooled.shape)
+    want_counts, want_scale, want_stats, _ = expected(pooled, 2, 77, out_dtype=out_dtype)
+    np.testing.assert_array_equal(got[0], want_counts)
+    np.testing.assert_array_equal(got[1], want_scale.astype(np.float32))
+    np.testing.assert_array_equal(got[2], want_stats)
+
+
+def test_fused_max_pool_must_produce_the_sampled_values():
+    pool = MaxPool2d(4, 8, 8, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="4x4x4 values per sample"):
+        sampling_prim_func((2, 4, 8, 8), 1, 0, pool=pool)
+    assert sampling_prim_func((2, 64), 1, 0, pool=pool) is not None
+
+
 def test_int32_output():
     rng = np.random.default_rng(7)
     check(rng.standard_cauchy((2, 500)).astype(np.float32), 5, 8, out_dtype="int32")
@@ -235,11 +283,29 @@ def test_bad_arguments_are_refused():
         sampling_prim_func((2, 3), 1, 0, device="vta")
 
 
-@pytest.fixture(scope="module")
-def cuda_source():
-    func = cuda_sampling_prim_func((100, 8, 5, 5), 5, 3, "int8", name="main")
+def _cuda_source(pool=None, shape=(100, 8, 5, 5)):
+    func = cuda_sampling_prim_func(shape, 5, 3, "int8", name="main", pool=pool)
     ex = tvm.compile(func, target=tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
     return "\n".join(m.inspect_source() for m in device_modules(ex.mod))
+
+
+@pytest.fixture(scope="module")
+def cuda_source():
+    return _cuda_source()
+
+
+def test_cuda_fused_max_pool_compiles(cuda_source):
+    # a first kernel pools each channel plane into a buffer that the sampling kernels read
+    source = _cuda_source(MaxPool2d(8, 10, 10, (2, 2), (2, 2)))
+
+    def kernels(text):  # name -> parameters
+        return dict(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)",
+                               text))
+
+    fused, plain = kernels(source), kernels(cuda_source)
+    assert len(fused) == len(plain) + 1 == 5
+    assert [name for name, params in fused.items() if "xv_ptr" in params] == ["main_kernel"]
+    assert "pv_ptr" in fused["main_kernel"]
 
 
 def test_cuda_compiles(cuda_source):
@@ -252,11 +318,13 @@ def test_cuda_compiles(cuda_source):
     assert "3528531795" in cuda_source and "3449720151" in cuda_source  # Philox multipliers
 
 
-def test_cuda_source_compiles_with_nvcc(cuda_source, tmp_path):
+@pytest.mark.parametrize("fused_pool", [False, True])
+def test_cuda_source_compiles_with_nvcc(cuda_source, tmp_path, fused_pool):
     if not shutil.which("nvcc"):
         pytest.skip("nvcc is not installed")
     src = tmp_path / "sample.cu"
-    src.write_text(cuda_source)
+    src.write_text(_cuda_source(MaxPool2d(8, 10, 10, (2, 2), (2, 2))) if fused_pool
+                   else cuda_source)
     ptx = tmp_path / "sample.ptx"
     subprocess.run(["nvcc", "-arch=sm_80", "--ptx", str(src), "-o", str(ptx)], check=True,
                    capture_output=True)

@@ -335,3 +335,44 @@ def test_inputs_of_successive_calls_do_not_leak():
     assert not np.array_equal(first[0], first[1])
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_max_pools_are_fused_into_the_sampling(model):
+    """Both of the CNN's pools feed only a sampled layer (one through Flatten): the quantized
+    program has no pool kernel left (test_matches_numpy_emulation checks its numbers); the
+    float program keeps them."""
+    quantized = mctvm.compile(model, K=2, skip=(), shapes={"input": SHAPE})
+    assert not [k for k in quantized.profile(repeat=1) if "pool" in k]
+    assert len([k for k in mctvm.compile(model, shapes={"input": SHAPE}).profile(repeat=1)
+                if "pool" in k]) == 2
+
+
+def _pool_model(pads, pool_is_output):
+    """Conv-Relu-MaxPool-Conv; the pool's output also an output of the model, or not."""
+    from onnx import TensorProto, helper
+
+    g = synthetic._Graph(5)
+    h = g.op("Conv", ["input", g.weight("w", (4, 1, 3, 3))], pads=[1, 1, 1, 1])
+    pooled = g.op("MaxPool", [g.op("Relu", [h])], kernel_shape=[2, 2], strides=[2, 2],
+                  pads=pads)
+    out = g.op("Conv", [pooled, g.weight("w", (3, 4, 3, 3))], pads=[1, 1, 1, 1])
+    hw = 5 if pads[0] else 4
+    outputs = [(out, [2, 3, hw, hw])] + ([(pooled, [2, 4, hw, hw])] if pool_is_output else [])
+    return g.model("pool_model", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                [2, 1, 8, 8])],
+                   [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs])
+
+
+@pytest.mark.parametrize("pads, pool_is_output", [([0, 0, 0, 0], True), ([1, 1, 1, 1], False)])
+def test_pools_used_elsewhere_or_padded_stay_kernels(pads, pool_is_output):
+    """A pool whose output is used elsewhere, or with padding, is not fused; the program
+    still computes it, and at a large K the quantized output nears onnxruntime's."""
+    model = _pool_model(pads, pool_is_output)
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    compiled = mctvm.compile(model, K=200, shapes={"input": (2, 1, 8, 8)})
+    assert [k for k in compiled.profile(x, repeat=1) if "pool" in k]
+    got, want = compiled(x, seed=1), ort_run(model, {"input": x})
+    if pool_is_output:  # the first layer stays float: the pool's output is the float one
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+        got = got[0]
+    np.testing.assert_allclose(got, want[0], rtol=0.05, atol=0.05 * np.abs(want[0]).max())

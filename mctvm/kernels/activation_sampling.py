@@ -40,9 +40,15 @@ Let), and LLVM's x86 backend only fuses a product with a single use (its FMA fus
 assembly). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, which is
 never contracted. floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
 
+Fused max pool. With `pool=MaxPool2d(...)` the kernel reads the pool's input and samples
+its output (flattened in row-major order: a reshape between pool and GEMM is free): each
+value read is the max over its window, computed where it is read, so the pooled tensor is
+never written out. The counts are those of the unfused kernel on the pooled tensor.
+
 Parameters of the PrimFunc (destination-passing style, as R.call_tir expects):
 
-    x      float32[shape]         the activations, batch first
+    x      float32[shape]         the activations, batch first (with a pool: its input,
+                                  float32[batch, channels, height, width])
     seed   int64[1]               the 64-bit seed (its bits; lo/hi words form the Philox key)
     counts out_dtype[shape]       signed hit counts (uint8: unsigned)
     scale  float32[batch]         f / N per sample (0 where f == 0)
@@ -55,13 +61,14 @@ Non-finite inputs give unspecified counts (the numpy reference refuses them).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from .random import seed_words, uniform01, uniform01_np
 
 __all__ = ["sampling_prim_func", "cuda_sampling_prim_func", "xi_for", "num_samples",
-           "COUNT_LIMITS"]
+           "COUNT_LIMITS", "MaxPool2d"]
 
 # saturation ranges: symmetric for signed counts, [0, 255] for uint8
 COUNT_LIMITS = {"int8": 127, "int16": 32767, "int32": 2**31 - 1, "uint8": 255}
@@ -76,6 +83,46 @@ SCAN_INTERLEAVE = 3
 # a single sample up to this many values is sampled by one thread: two parallel launches cost
 # more than they save there (1x128x3x3: 4.6 -> 1.6 us, 1x64x14x14: 10.7 -> 8.2 us measured)
 SERIAL_MAX = 1 << 14
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    """A max pool over NCHW input (`channels`, `height`, `width` per sample), without padding
+    or dilation, fused ahead of the sampling: the kernel samples its output."""
+
+    channels: int
+    height: int
+    width: int
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        return tuple((i - k) // s + 1 for i, k, s in zip((self.height, self.width), self.size,
+                                                       self.stride))
+
+    @property
+    def input_size(self) -> int:
+        """Values per sample the kernel reads."""
+        return self.channels * self.height * self.width
+
+    def window_max(self, xv, top):
+        """The max over the window whose top-left value is xv[top] (xv: the input flattened)."""
+        from tvm import tirx
+
+        value = xv[top]
+        for kh in range(self.size[0]):
+            for kw in range(self.size[1]):
+                if kh or kw:
+                    value = tirx.max(value, xv[top + kh * self.width + kw])
+        return value
+
+    def pooled(self, x: np.ndarray) -> np.ndarray:
+        """The pool applied to x (batch, channels, height, width) in numpy: the reference."""
+        (oh, ow), (kh, kw), (sh, sw) = self.output_hw, self.size, self.stride
+        windows = [x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                   for i in range(kh) for j in range(kw)]
+        return np.maximum.reduce(windows)
 
 
 def xi_for(seed: int, stream: int) -> float:
@@ -127,12 +174,17 @@ def _check(shape, K, stream, out_dtype):
     return shape, k, stream, out_dtype, n, N
 
 
-def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
+def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
     from tvm import tirx
     from tvm.script import tirx as T
 
     shape, K, stream, out_dtype, n, N = _check(shape, K, stream, out_dtype)
     B = shape[0]
+    if pool is None:
+        x_shape, n_in = shape, n
+    else:
+        n_in = _check_pool(pool, shape, n)
+        x_shape = (B, pool.channels, pool.height, pool.width)
     lim = COUNT_LIMITS[out_dtype]
     Nf = float(N)  # exact: N <= 2**52
     L = min(SCAN_BLOCK, n)
@@ -176,36 +228,36 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             cv[i] = T.if_then_else(x < T.float32(0), -q, q)
 
     @T.macro
-    def block_cumsum(xv, cs, cs0, b, j):
-        # stage 1, scan block j of sample b: its own running float64 sum of |x| from 0
+    def block_cumsum(xv, x0, cs, cs0, j):
+        # stage 1, scan block j of the sample at xv[x0:]: its own float64 sum of |x| from 0
         acc = T.alloc_buffer((1,), "float64", scope="local")
         acc[0] = T.float64(0)
         for i in T.serial(T.min(L, n - j * L)):
-            acc[0] = acc[0] + T.Cast("float64", T.fabs(xv[b * n + j * L + i]))
+            acc[0] = acc[0] + T.Cast("float64", T.fabs(xv[x0 + j * L + i]))
             cs[cs0 + j * L + i] = acc[0]
 
     groups = full // SCAN_INTERLEAVE  # groups of SCAN_INTERLEAVE full blocks
 
     @T.macro
-    def group_cumsums(xv, cs, b, q):
-        # stage 1 for full blocks q * SCAN_INTERLEAVE + g of sample b, side by side (their
-        # chains of float64 adds are independent and overlap)
+    def group_cumsums(xv, x0, cs, q):
+        # stage 1 for full blocks q * SCAN_INTERLEAVE + g of the sample at xv[x0:], side by
+        # side (their chains of float64 adds are independent and overlap)
         acc = T.alloc_buffer((SCAN_INTERLEAVE,), "float64", scope="local")
         for g in T.unroll(SCAN_INTERLEAVE):
             acc[g] = T.float64(0)
         for i in T.serial(L):
             for g in T.unroll(SCAN_INTERLEAVE):
                 acc[g] = acc[g] + T.Cast(
-                    "float64", T.fabs(xv[b * n + (q * SCAN_INTERLEAVE + g) * L + i]))
+                    "float64", T.fabs(xv[x0 + (q * SCAN_INTERLEAVE + g) * L + i]))
                 cs[(q * SCAN_INTERLEAVE + g) * L + i] = acc[g]
 
     @T.macro
-    def sample_cumsums(xv, cs, b):
-        # stage 1 for all of sample b: the groups, then the other blocks one by one
+    def sample_cumsums(xv, x0, cs):
+        # stage 1 for all of the sample at xv[x0:]: the groups, then the other blocks one by one
         for q in T.serial(groups):
-            group_cumsums(xv, cs, b, q)
+            group_cumsums(xv, x0, cs, q)
         for j in T.serial(groups * SCAN_INTERLEAVE, nb):
-            block_cumsum(xv, cs, 0, b, j)
+            block_cumsum(xv, x0, cs, 0, j)
 
     @T.macro
     def sample_bases(cs, cs0, base, total, b):
@@ -218,8 +270,9 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
         total[b] = run[0]
 
     @T.macro
-    def block_counts(xv, cv, cs, cs0, base, total, bstats, xi, b, j):
-        # stage 3, scan block j of sample b: P_i = (base_j + local_i) / f, hits c_i - c_{i-1}
+    def block_counts(xv, x0, cv, cs, cs0, base, total, bstats, xi, b, j):
+        # stage 3, scan block j of sample b (its values at xv[x0:]): P_i = (base_j + local_i) / f,
+        # hits c_i - c_{i-1}
         t = b * nb + j
         start = b * n + j * L
         length = T.min(L, n - j * L)
@@ -256,7 +309,7 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                 big[0] = T.max(big[0], hit)
                 sat[0] = sat[0] + T.Cast("int32", hit > T.Cast(cdt, lim))
                 store_count(cv, start + i, T.Cast(out_dtype, T.min(hit, T.Cast(cdt, lim))),
-                            xv[start + i])
+                            xv[x0 + j * L + i])
             bstats[t * 3] = nnz[0]
             bstats[t * 3 + 1] = T.Cast("int32", T.min(T.Cast("int64", big[0]),
                                                       T.int64(_INT32_MAX)))
@@ -274,6 +327,39 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
             stats[b, 1] = T.max(stats[b, 1], bstats[(b * nb + j) * 3 + 1])
             stats[b, 2] = stats[b, 2] + bstats[(b * nb + j) * 3 + 2]
 
+    fused = pool is not None
+    if fused:
+        C, (OH, OW), (H, W), (SH, SW) = (pool.channels, pool.output_hw,
+                                         (pool.height, pool.width), pool.stride)
+
+        pairs = pool.size == (2, 2) and pool.stride == (2, 2) and W % 2 == 0
+        row_loop = T.serial if cuda else T.vectorized  # an output row in SIMD lanes on CPUs
+
+        def pair_max(u):
+            lo = tirx.reinterpret("float32", tirx.Cast("uint32", u))
+            hi = tirx.reinterpret("float32", tirx.Cast("uint32", u >> tirx.const(32, "uint64")))
+            return tirx.max(lo, hi)
+
+
+        @T.macro
+        def pool_planes(xv, pv, p0, b, c0, planes):
+            # the pooled values of channels c0 .. c0 + planes - 1 of sample b, at pv[p0:] in
+            # the sampled order, where the stages read them
+            if pairs:  # 2x2 windows, stride 2: each row read as 64-bit pairs, max(lo, hi)
+                xw = T.decl_buffer((B * n_in // 2,), "uint64", data=xv.data)
+                for c in T.serial(planes):
+                    for oh in T.serial(OH):
+                        for ow in row_loop(OW):
+                            pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = T.max(
+                                pair_max(xw[(b * n_in + (c0 + c) * (H * W) + oh * (2 * W)) // 2 + ow]),
+                                pair_max(xw[(b * n_in + (c0 + c) * (H * W) + oh * (2 * W) + W) // 2 + ow]))
+            else:
+                for c in T.serial(planes):
+                    for oh in T.serial(OH):
+                        for ow in row_loop(OW):
+                            pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = pool.window_max(
+                                xv, b * n_in + (c0 + c) * (H * W) + oh * (SH * W) + ow * SW)
+
     if cuda:
         tpb = max(1, min(int(threads_per_block), tasks))
         task_blocks = (tasks + tpb - 1) // tpb
@@ -281,14 +367,14 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
         sample_blocks = (B + spb - 1) // spb
 
         @T.macro
-        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+        def sample_stages(src, cv, base, total, bstats, seed, scale, stats):
             # one thread per scan block, then per sample; each loop nest is one CUDA kernel
             cs = T.alloc_buffer((B * n,), "float64")
             for bx in T.thread_binding(task_blocks, thread="blockIdx.x"):
                 for tx in T.thread_binding(tpb, thread="threadIdx.x"):
                     if bx * tpb + tx < tasks:
-                        block_cumsum(xv, cs, ((bx * tpb + tx) // nb) * n,
-                                     (bx * tpb + tx) // nb, (bx * tpb + tx) % nb)
+                        block_cumsum(src, ((bx * tpb + tx) // nb) * n, cs,
+                                     ((bx * tpb + tx) // nb) * n, (bx * tpb + tx) % nb)
             for bx in T.thread_binding(sample_blocks, thread="blockIdx.x"):
                 for tx in T.thread_binding(spb, thread="threadIdx.x"):
                     if bx * spb + tx < B:
@@ -297,48 +383,83 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
                 for tx in T.thread_binding(tpb, thread="threadIdx.x"):
                     if bx * tpb + tx < tasks:
                         xi: T.float64 = xi_expr(seed[0])
-                        block_counts(xv, cv, cs, ((bx * tpb + tx) // nb) * n, base, total,
-                                     bstats, xi, (bx * tpb + tx) // nb, (bx * tpb + tx) % nb)
+                        block_counts(src, ((bx * tpb + tx) // nb) * n, cv, cs,
+                                     ((bx * tpb + tx) // nb) * n, base, total, bstats, xi,
+                                     (bx * tpb + tx) // nb, (bx * tpb + tx) % nb)
             for bx in T.thread_binding(sample_blocks, thread="blockIdx.x"):
                 for tx in T.thread_binding(spb, thread="threadIdx.x"):
                     if bx * spb + tx < B:
                         sample_stats(total, bstats, scale, stats, bx * spb + tx)
 
+        @T.macro
+        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+            if fused:  # one thread per channel plane pools it first
+                pv = T.alloc_buffer((B * n,), "float32")
+                for bx in T.thread_binding((B * C + tpb - 1) // tpb, thread="blockIdx.x"):
+                    for tx in T.thread_binding(tpb, thread="threadIdx.x"):
+                        if bx * tpb + tx < B * C:
+                            pool_planes(xv, pv, ((bx * tpb + tx) // C) * n,
+                                        (bx * tpb + tx) // C, (bx * tpb + tx) % C, 1)
+                sample_stages(pv, cv, base, total, bstats, seed, scale, stats)
+            else:
+                sample_stages(xv, cv, base, total, bstats, seed, scale, stats)
+
     elif B > 1 or n <= SERIAL_MAX:
         samples = T.parallel if B > 1 else T.serial
 
         @T.macro
+        def sample_task(src, x0, cv, base, total, bstats, xi, scale, stats, b):
+            # all four stages of sample b, its values at src[x0:]
+            cs = T.alloc_buffer((n,), "float64")
+            sample_cumsums(src, x0, cs)
+            sample_bases(cs, 0, base, total, b)
+            for j in T.serial(nb):
+                block_counts(src, x0, cv, cs, 0, base, total, bstats, xi, b, j)
+            sample_stats(total, bstats, scale, stats, b)
+
+        @T.macro
         def stages(xv, cv, base, total, bstats, seed, scale, stats):
-            # a batch: one task per sample, all four stages while its values are in cache
+            # a batch: one task per sample, all stages while its values are in cache (a fused
+            # pool writes them to a buffer of the task's own first)
             xi: T.float64 = xi_expr(seed[0])
             for b in samples(B):
-                cs = T.alloc_buffer((n,), "float64")
-                sample_cumsums(xv, cs, b)
-                sample_bases(cs, 0, base, total, b)
-                for j in T.serial(nb):
-                    block_counts(xv, cv, cs, 0, base, total, bstats, xi, b, j)
-                sample_stats(total, bstats, scale, stats, b)
+                if fused:
+                    pv = T.alloc_buffer((n,), "float32")
+                    pool_planes(xv, pv, 0, b, 0, C)
+                    sample_task(pv, 0, cv, base, total, bstats, xi, scale, stats, b)
+                else:
+                    sample_task(xv, b * n, cv, base, total, bstats, xi, scale, stats, b)
 
     else:
 
         @T.macro
-        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+        def sample_stages(src, cv, base, total, bstats, xi, scale, stats):
             # one sample: its groups of scan blocks (interleaved) and other blocks in parallel
             cs = T.alloc_buffer((n,), "float64")
-            xi: T.float64 = xi_expr(seed[0])
             for task in T.parallel(groups + nb - groups * SCAN_INTERLEAVE):
                 if task < groups:
-                    group_cumsums(xv, cs, 0, task)
+                    group_cumsums(src, 0, cs, task)
                 else:
-                    block_cumsum(xv, cs, 0, 0, task + groups * (SCAN_INTERLEAVE - 1))
+                    block_cumsum(src, 0, cs, 0, task + groups * (SCAN_INTERLEAVE - 1))
             sample_bases(cs, 0, base, total, 0)
             for j in T.parallel(nb):
-                block_counts(xv, cv, cs, 0, base, total, bstats, xi, 0, j)
+                block_counts(src, 0, cv, cs, 0, base, total, bstats, xi, 0, j)
             sample_stats(total, bstats, scale, stats, 0)
+
+        @T.macro
+        def stages(xv, cv, base, total, bstats, seed, scale, stats):
+            xi: T.float64 = xi_expr(seed[0])
+            if fused:  # the channel planes pooled in parallel first
+                pv = T.alloc_buffer((n,), "float32")
+                for c in T.parallel(C):
+                    pool_planes(xv, pv, 0, 0, c, 1)
+                sample_stages(pv, cv, base, total, bstats, xi, scale, stats)
+            else:
+                sample_stages(xv, cv, base, total, bstats, xi, scale, stats)
 
     @T.prim_func
     def mcq_sample_activations(
-        x: T.Buffer(shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         seed: T.Buffer((1,), "int64"),
         counts: T.Buffer(shape, out_dtype),
         scale: T.Buffer((B,), "float32"),
@@ -346,7 +467,7 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
     ):
         # hand-scheduled: dlight and MetaSchedule leave it alone
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xv = T.decl_buffer((B * n,), "float32", data=x.data)
+        xv = T.decl_buffer((B * n_in,), "float32", data=x.data)
         cv = T.decl_buffer((B * n,), out_dtype, data=counts.data)
         base = T.alloc_buffer((tasks,), "float64")
         total = T.alloc_buffer((B,), "float64")
@@ -358,8 +479,21 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name):
     return mcq_sample_activations.with_attr("global_symbol", name)
 
 
+def _check_pool(pool, shape, n) -> int:
+    """Values per sample the fused pool reads; the pool's output must be `shape`'s values."""
+    oh, ow = pool.output_hw
+    if min(oh, ow) < 1 or pool.channels * oh * ow != n:
+        raise ValueError(f"{pool} pools {pool.channels}x{oh}x{ow} values per sample; the "
+                         f"sampled shape {shape} has {n}")
+    if shape[0] * pool.input_size >= 2**31:
+        raise ValueError(f"the pool's input {shape[0]}x{pool.input_size} is beyond the "
+                         "kernel's int32 indexing; sample it in smaller batches")
+    return pool.input_size
+
+
 def sampling_prim_func(shape: tuple, K: float, stream: int, out_dtype: str = "int8", *,
-                       device: str = "cpu", threads_per_block: int = 64, name: str | None = None):
+                       device: str = "cpu", threads_per_block: int = 64, name: str | None = None,
+                       pool: MaxPool2d | None = None):
     """PrimFunc(x, seed, counts, scale, stats) for MCQ activation sampling of `shape`.
 
     device="cpu": parallel over the samples of a batch, or over the scan blocks of a single
@@ -370,13 +504,16 @@ def sampling_prim_func(shape: tuple, K: float, stream: int, out_dtype: str = "in
     its GlobalVar; two public kernels with one symbol would break BlockBuilder.finalize).
     To build the kernel on its own, give it a symbol: tvm.compile(sampling_prim_func(...,
     name="main")) exposes ex["main"] (a private PrimFunc does not build on its own).
+    pool=MaxPool2d(...): x is the pool's input and `shape` (its output's values, maybe
+    flattened) is what is sampled.
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return _build(shape, K, stream, out_dtype, device, threads_per_block, name)
+    return _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool)
 
 
 def cuda_sampling_prim_func(shape: tuple, K: float, stream: int, out_dtype: str = "int8", *,
-                            threads_per_block: int = 64, name: str | None = None):
+                            threads_per_block: int = 64, name: str | None = None,
+                            pool: MaxPool2d | None = None):
     """The CUDA variant: sampling_prim_func(..., device="cuda")."""
-    return _build(shape, K, stream, out_dtype, "cuda", threads_per_block, name)
+    return _build(shape, K, stream, out_dtype, "cuda", threads_per_block, name, pool)

@@ -5,16 +5,22 @@ activation_dtype="uint8" gives uint8 counts to the layers whose input is provabl
 non-negative (non_negative.py) and int8 counts to the others; "auto" (the default) gives
 uint8 counts to those layers up to K_activations = AUTO_UINT8_MAX_K (unless the sparse
 kernels are forced) and int16 to the rest.
-uint8 counts meet int8 weights as they are (u8 x s8: vpdpbusd on CPUs with VNNI)."""
+uint8 counts meet int8 weights as they are (u8 x s8: vpdpbusd on CPUs with VNNI).
+
+A max pool (NCHW, no padding or dilation) whose output only feeds the sampling, directly or
+through reshapes, is fused into the sampling kernel: the kernel reads the pool's input and
+the pool's own kernel, and its output tensor, are gone (DeadCodeElimination)."""
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..kernels.activation_sampling import sampling_prim_func
+from ..kernels.activation_sampling import MaxPool2d, sampling_prim_func
 from ..mcq_options import AUTO_UINT8_MAX_K
 from .layers import gemm_kind
 from .non_negative import non_negative
@@ -26,9 +32,10 @@ STATS_FIELDS = ("nonzero", "max_count", "saturated")
 
 @relax.expr_functor.mutator
 class _Sampler(relax.PyExprMutator):
-    def __init__(self, mod, layers, options, seed, device):
+    def __init__(self, mod, layers, options, seed, device, uses):
         super().__init__(mod)
         self.layers, self.options, self.seed, self.device = layers, options, seed, device
+        self.uses = uses  # how often each var of main is used
         self.index = 0
         self.stats = []  # each sampled layer's stats var, in layer order
 
@@ -48,12 +55,14 @@ class _Sampler(relax.PyExprMutator):
         n = int(np.prod(shape[1:]))
         layer.update({"input_shape": shape, "N_activations": int(np.floor(layer["K_activations"] * n + 0.5)),
                       "activation_dtype": dtype})
+        source, pool = self._pooled_source(x)
         kernel = sampling_prim_func(tuple(shape), layer["K_activations"], layer["index"], dtype,
-                                    device=self.device)
+                                    device=self.device, pool=pool)
         gvar = self.builder_.add_func(kernel, f"mcq_sample_{layer['index']}")
         out_types = [relax.TensorType(shape, dtype), relax.TensorType([shape[0]], "float32"),
                      relax.TensorType([shape[0], len(STATS_FIELDS)], "int32")]
-        sampled = self.builder_.emit(relax.call_tir(gvar, [x, self.seed], out_ty=out_types))
+        sampled = self.builder_.emit(relax.call_tir(gvar, [source, self.seed],
+                                                    out_ty=out_types))
         counts = self.builder_.emit(relax.TupleGetItem(sampled, 0))
         scale = self.builder_.emit(relax.TupleGetItem(sampled, 1))
         stats = self.builder_.emit_output(relax.TupleGetItem(sampled, 2))
@@ -78,6 +87,55 @@ class _Sampler(relax.PyExprMutator):
         rank = len(acc.ty.shape)
         per_sample = self.builder_.emit(relax.op.reshape(scale, [shape[0]] + [1] * (rank - 1)))
         return relax.op.multiply(acc, per_sample)
+
+
+    def _pooled_source(self, x):
+        """(the pool's input, MaxPool2d) when x is a fusable max pool's output, maybe
+        reshaped, that nothing else uses; else (x, None)."""
+        value = x
+        while isinstance(value, relax.Var) and self.uses[value] == 1:
+            bound = self.lookup_binding(value)
+            if not isinstance(bound, relax.Call) or not isinstance(bound.op, tvm.ir.Op):
+                break
+            if bound.op.name in ("relax.reshape", "relax.flatten"):
+                value = bound.args[0]
+                continue
+            pool = _max_pool(bound) if bound.op.name == "relax.nn.max_pool2d" else None
+            return (bound.args[0], pool) if pool else (x, None)
+        return x, None
+
+
+def _max_pool(call) -> MaxPool2d | None:
+    """The MaxPool2d of a relax max_pool2d call the sampling kernel can fuse: NCHW float32 of
+    static shape, no padding or dilation, and no partial windows."""
+    a, data = call.attrs, call.args[0]
+    shape = getattr(data.ty, "shape", None)
+    shape = list(shape) if shape is not None else []
+    if (a.layout, a.out_layout) != ("NCHW", "NCHW") or data.ty.dtype != "float32" \
+            or len(shape) != 4 or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    if any(int(p) for p in a.padding) or any(int(d) != 1 for d in a.dilation):
+        return None
+    size, stride = tuple(int(k) for k in a.pool_size), tuple(int(s) for s in a.strides)
+    hw = [int(d) for d in shape[2:]]
+    if a.ceil_mode and any((i - k) % s for i, k, s in zip(hw, size, stride)):
+        return None
+    return MaxPool2d(int(shape[1]), hw[0], hw[1], size, stride)
+
+
+@relax.expr_functor.visitor
+class _UseCounter(relax.PyExprVisitor):
+    """How often each var is used (definitions not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.uses = collections.Counter()
+
+    def visit_var_(self, var):
+        self.uses[var] += 1
+
+    def visit_dataflow_var_(self, var):
+        self.uses[var] += 1
 
 
 def _count_dtype(options, K: float, unsigned: bool) -> str:
@@ -120,7 +178,9 @@ class InsertActivationSampling:
         if not any(layer["K_activations"] for layer in layers):
             return mod
         seed, is_new = find_or_make(mod["main"], SEED_PARAM)
-        sampler = _Sampler(mod, layers, self.options, seed, self.device)
+        counter = _UseCounter()
+        counter.visit_expr(mod["main"])
+        sampler = _Sampler(mod, layers, self.options, seed, self.device, counter.uses)
         func = sampler.visit_expr(mod["main"])
         body = func.body
         outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
