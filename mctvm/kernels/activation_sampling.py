@@ -41,9 +41,12 @@ assembly). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, w
 never contracted. floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
 
 Fused max pool. With `pool=MaxPool2d(...)` the kernel reads the pool's input and samples
-its output (flattened in row-major order: a reshape between pool and GEMM is free): each
-value read is the max over its window, computed where it is read, so the pooled tensor is
-never written out. The counts are those of the unfused kernel on the pooled tensor.
+its output (flattened in row-major order: a reshape between pool and GEMM is free). On the
+CPU each task first pools its sample into a buffer of its own (one sample: its channel
+planes in parallel), which the stages read while it is in cache; 2x2 windows of stride 2
+read each input row as 64-bit pairs, max(lo, hi), in SIMD lanes. On CUDA one thread per
+channel plane pools into a global buffer first. The counts are those of the unfused kernel
+on the pooled tensor.
 
 Parameters of the PrimFunc (destination-passing style, as R.call_tir expects):
 
@@ -116,13 +119,6 @@ class MaxPool2d:
                 if kh or kw:
                     value = tirx.max(value, xv[top + kh * self.width + kw])
         return value
-
-    def pooled(self, x: np.ndarray) -> np.ndarray:
-        """The pool applied to x (batch, channels, height, width) in numpy: the reference."""
-        (oh, ow), (kh, kw), (sh, sw) = self.output_hw, self.size, self.stride
-        windows = [x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-                   for i in range(kh) for j in range(kw)]
-        return np.maximum.reduce(windows)
 
 
 def xi_for(seed: int, stream: int) -> float:
@@ -335,11 +331,12 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
         pairs = pool.size == (2, 2) and pool.stride == (2, 2) and W % 2 == 0
         row_loop = T.serial if cuda else T.vectorized  # an output row in SIMD lanes on CPUs
 
-        def pair_max(u):
+        def pair_max(xw, b, c, oh, ow, row):
+            # the max of pair ow of input row 2 * oh + row, read as one 64-bit word
+            u = xw[b * (n_in // 2) + c * (H * W // 2) + (2 * oh + row) * (W // 2) + ow]
             lo = tirx.reinterpret("float32", tirx.Cast("uint32", u))
             hi = tirx.reinterpret("float32", tirx.Cast("uint32", u >> tirx.const(32, "uint64")))
             return tirx.max(lo, hi)
-
 
         @T.macro
         def pool_planes(xv, pv, p0, b, c0, planes):
@@ -351,8 +348,8 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
                     for oh in T.serial(OH):
                         for ow in row_loop(OW):
                             pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = T.max(
-                                pair_max(xw[(b * n_in + (c0 + c) * (H * W) + oh * (2 * W)) // 2 + ow]),
-                                pair_max(xw[(b * n_in + (c0 + c) * (H * W) + oh * (2 * W) + W) // 2 + ow]))
+                                pair_max(xw, b, c0 + c, oh, ow, 0),
+                                pair_max(xw, b, c0 + c, oh, ow, 1))
             else:
                 for c in T.serial(planes):
                     for oh in T.serial(OH):
