@@ -285,15 +285,37 @@ def _blocks(R: int, m: int):
             yield slice(r, min(r + g, R)), 0, m
 
 
+# values a scan block sums side by side, in SIMD lanes (8 float64 = one AVX-512 register)
+SCAN_LANES = 8
+
+
+def _lane_scan(local: np.ndarray) -> None:
+    """In place, the running sum along the last axis (a multiple of SCAN_LANES long) in the
+    order a SIMD scan computes it: each chunk of SCAN_LANES values is scanned in-register in
+    three steps (lane l adds lane l - 1, then l - 2, then l - 4: v[l] + v[l - k] for l >= k,
+    v[l] + 0 below), and the chunks' totals carry over serially (carry_0 = 0,
+    carry_{k+1} = carry_k + chunk k's last lane; value = carry_k + scanned lane)."""
+    v = local.reshape(*local.shape[:-1], -1, SCAN_LANES)
+    for k in (1, 2, 4):
+        v[..., k:] = v[..., k:] + v[..., :-k]  # the right side is evaluated before the store
+    carry = np.zeros(v.shape[:-1])
+    np.add.accumulate(v[..., :-1, -1], axis=-1, out=carry[..., 1:])  # serial, as it reads
+    v += carry[..., None]
+
+
 def _blocked_cumsum(src: np.ndarray, block: int) -> np.ndarray:
-    """cumsum(|src|) per row as a parallel scan computes it: each block of `block` values
-    sums from 0 (local), block bases add up serially, and cs = base + local."""
+    """cumsum(|src|) per row as mctvm's parallel scan computes it: each block of `block`
+    values sums from 0 (local, a SIMD scan: _lane_scan), block bases add up serially, and
+    cs = base + local."""
     R, m = src.shape
     nb = -(-m // block)
-    local = np.zeros((R, nb * block))  # padding zeros leave each block's sum unchanged
-    np.abs(src, out=local[:, :m])
-    local = local.reshape(R, nb, block)
-    np.cumsum(local, axis=2, out=local)
+    width = -(-block // SCAN_LANES) * SCAN_LANES
+    flat = np.zeros((R, nb * block))  # padding zeros leave every sum unchanged
+    np.abs(src, out=flat[:, :m])
+    local = np.zeros((R, nb, width))
+    local[:, :, :block] = flat.reshape(R, nb, block)
+    _lane_scan(local)
+    local = local[:, :, :block].copy()
     base = np.zeros((R, nb))
     np.cumsum(local[:, :-1, -1], axis=1, out=base[:, 1:])
     local += base[:, :, None]
@@ -450,7 +472,8 @@ def activation_counts(x, K, xi, *, per_sample=True, scan_block=None) -> MCQResul
     Returns an MCQResult with int64 counts shaped like x and scale (and N, l1)
     of shape (batch,), so that x ~ counts * scale[:, None, ...].
     scan_block=L: the arithmetic of mctvm's run-time kernel (count for count the same): the
-    cumulative sum in the order of a blocked parallel scan (blocks of L values), and
+    cumulative sum in the order of a blocked parallel scan (blocks of L values, each summed
+    SCAN_LANES values at a time in SIMD registers: _lane_scan), and
     N * P_i as cs_i * (N / f); it differs from the serial reference only in float64
     rounding, so counts move by at most 1, rarely.
     """

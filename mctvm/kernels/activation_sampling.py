@@ -19,7 +19,10 @@ uint8, never wrapped, and counted in `stats`. uint8 counts are for non-negative 
 store |count| (the caller proves x >= 0, see passes/non_negative.py).
 
 Blocked scan. A sample is cut into blocks of SCAN_BLOCK values. Each block sums |x| from 0
-(local_i, serial float64); block bases add up serially (base_0 = 0, base_{j+1} = base_j +
+(local_i, float64) in SIMD lanes, in the order of `mcq._lane_scan`: chunks of LANES values
+scanned in-register in three shift-and-add steps, the chunks' totals carried serially (the
+serial one-value-at-a-time scan was bound by the latency of its adds; this runs 1.6x
+faster on a Zen 5). Block bases add up serially (base_0 = 0, base_{j+1} = base_j +
 local_last of block j); cs_i = base_j + local_i. The end of block j is then exactly
 base_{j+1}, so c just before block j+1 is c(base_{j+1}), which that block computes on its
 own: blocks are independent once the bases are known, and the hits telescope to exactly N.
@@ -27,17 +30,19 @@ cs is non-decreasing, so hits are never negative. Against the strictly serial fl
 (the paper's order, `activation_counts` without scan_block) only the rounding differs: a
 count moves by at most 1, rarely, with the same total. Schedules: CPU, a batch runs one
 task per sample (its values stay in cache through the stages), one sample runs its blocks
-in parallel (up to SERIAL_MAX values, serially); the loop over a block's values, after the
-scan, runs in SIMD lanes. CUDA, one thread per block, then per sample.
+in parallel (up to SERIAL_MAX values, serially); the count loop over a block's values runs
+in SIMD lanes too. CUDA, one thread per block (the same scan order, with scalars), then per
+sample.
 
 Floating-point order. LLVM never reassociates floating-point adds without fast-math flags,
-which TVM's default llvm target does not set, so each scan is the serial sum it is written
-as. The one product that feeds an addition is y = N * P, used by both floor(y) and y - k;
-a fused multiply-add (TVM's LLVM target allows FP-op fusion, `AllowFPOpFusion = Fast`)
-would compute N * P - k unrounded and could flip a comparison with xi. y is bound once (a
-Let), and LLVM's x86 backend only fuses a product with a single use (its FMA fusion is not
-"aggressive"), so no FMA is formed (tests/test_kernel_activation_sampling.py checks the
-assembly). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, which is
+which TVM's default llvm target does not set, so each scan sums in the order it is written
+in. The scan's lane shifts multiply by 0 or 1, exactly, so the FMAs LLVM may form there
+round as the separate add does. The one other product that feeds an addition is
+y = N * P, used by both floor(y) and y - k; a fused multiply-add (TVM's LLVM target allows
+FP-op fusion, `AllowFPOpFusion = Fast`) would compute N * P - k unrounded and could flip a
+comparison with xi. y is bound once (a Let), and LLVM's x86 backend only fuses a product
+with a single use (its FMA fusion is not "aggressive"), so no FMA is formed there
+(tests/test_kernel_activation_sampling.py checks the assembly for fmsub forms). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, which is
 never contracted. floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
 
 Fused max pool. With `pool=MaxPool2d(...)` the kernel reads the pool's input and samples
@@ -68,6 +73,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..mcq import SCAN_LANES
 from .random import seed_words, uniform01, uniform01_np
 
 __all__ = ["sampling_prim_func", "cuda_sampling_prim_func", "xi_for", "num_samples",
@@ -79,10 +85,9 @@ _MAX_N = 2**52  # as in mctvm.mcq: N * P must stay exact-integer-safe in float64
 _INT32_MAX = 2**31 - 1
 # elements per scan block: the blocks of a sample are scanned in parallel (see the doc)
 SCAN_BLOCK = 1024
-# scan blocks a CPU thread sums side by side: independent chains of float64 adds that overlap.
-# 3, the fastest of 1-8 measured on a Zen 5; LLVM's SLP vectorizer packs 4 (or 8) chains into
-# one vector add fed by a gather of the strided inputs, 1.7x slower than 3 scalar chains
-SCAN_INTERLEAVE = 3
+# values of a scan block summed side by side in SIMD lanes (mcq._lane_scan; 8, as the
+# float64x8 annotation of the CPU scan below spells it)
+LANES = SCAN_LANES
 # a single sample up to this many values is sampled by one thread: two parallel launches cost
 # more than they save there (1x128x3x3: 4.6 -> 1.6 us, 1x64x14x14: 10.7 -> 8.2 us measured)
 SERIAL_MAX = 1 << 14
@@ -185,7 +190,6 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
     Nf = float(N)  # exact: N <= 2**52
     L = min(SCAN_BLOCK, n)
     nb = (n + L - 1) // L  # scan blocks per sample
-    full = n // L  # of which full ones
     tasks = B * nb
     cdt = "int32" if N <= _INT32_MAX else "int64"  # c_i <= N
     cuda = device == "cuda"
@@ -199,6 +203,27 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
 
         def times(p, r):
             return p * r
+
+    def lane_shift(v, k):
+        # lanes l >= k take v[l - k], the others 0: a rotation times a 0/1 vector. (LLVM makes
+        # a zero-filling shuffle or a bit mask a vexpandpd, which made the scan 3x slower on
+        # Zen 5.) v + lane_shift(v, k) may become an FMA: the product is exact, so the sum is
+        # the same.
+        ones = tirx.Shuffle([tirx.Broadcast(tirx.FloatImm("float64", 0.0), LANES),
+                             tirx.Broadcast(tirx.FloatImm("float64", 1.0), LANES)],
+                            [tirx.IntImm("int32", LANES + l if l >= k else l)
+                             for l in range(LANES)])
+        return tirx.Shuffle([v], [tirx.IntImm("int32", (l - k) % LANES)
+                                  for l in range(LANES)]) * ones
+
+    def lane_scan(v):
+        # the running sum of v's lanes, mcq._lane_scan's three steps
+        for k in (1, 2, 4):
+            v = v + lane_shift(v, k)
+        return v
+
+    def last_lane(v):
+        return tirx.Shuffle([v], [tirx.IntImm("int32", LANES - 1)] * LANES)
 
     def xi_expr(seed_value):
         return uniform01(*seed_words(seed_value), stream, 0)
@@ -223,36 +248,62 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
         def store_count(cv, i, q, x):
             cv[i] = T.if_then_else(x < T.float32(0), -q, q)
 
-    @T.macro
-    def block_cumsum(xv, x0, cs, cs0, j):
-        # stage 1, scan block j of the sample at xv[x0:]: its own float64 sum of |x| from 0
-        acc = T.alloc_buffer((1,), "float64", scope="local")
-        acc[0] = T.float64(0)
-        for i in T.serial(T.min(L, n - j * L)):
-            acc[0] = acc[0] + T.Cast("float64", T.fabs(xv[x0 + j * L + i]))
-            cs[cs0 + j * L + i] = acc[0]
+    if cuda:
 
-    groups = full // SCAN_INTERLEAVE  # groups of SCAN_INTERLEAVE full blocks
+        @T.macro
+        def block_cumsum(xv, x0, cs, cs0, j):
+            # stage 1, scan block j of the sample at xv[x0:] from 0, in mcq._lane_scan's order
+            # with scalars: each chunk of LANES values scanned in three steps (descending, so
+            # in place is the same as side by side), then the running carry added
+            length = T.min(L, n - j * L)
+            v = T.alloc_buffer((LANES,), "float64", scope="local")
+            carry = T.alloc_buffer((1,), "float64", scope="local")
+            carry[0] = T.float64(0)
+            for k in T.serial((length + LANES - 1) // LANES):
+                for l in T.unroll(LANES):
+                    v[l] = T.float64(0)
+                for l in T.serial(T.min(LANES, length - k * LANES)):
+                    v[l] = T.Cast("float64", T.fabs(xv[x0 + j * L + k * LANES + l]))
+                for l in T.unroll(LANES - 1):
+                    v[LANES - 1 - l] = v[LANES - 1 - l] + v[LANES - 2 - l]
+                for l in T.unroll(LANES - 2):
+                    v[LANES - 1 - l] = v[LANES - 1 - l] + v[LANES - 3 - l]
+                for l in T.unroll(LANES - 4):
+                    v[LANES - 1 - l] = v[LANES - 1 - l] + v[LANES - 5 - l]
+                for l in T.serial(T.min(LANES, length - k * LANES)):
+                    cs[cs0 + j * L + k * LANES + l] = carry[0] + v[l]
+                carry[0] = carry[0] + v[LANES - 1]
 
-    @T.macro
-    def group_cumsums(xv, x0, cs, q):
-        # stage 1 for full blocks q * SCAN_INTERLEAVE + g of the sample at xv[x0:], side by
-        # side (their chains of float64 adds are independent and overlap)
-        acc = T.alloc_buffer((SCAN_INTERLEAVE,), "float64", scope="local")
-        for g in T.unroll(SCAN_INTERLEAVE):
-            acc[g] = T.float64(0)
-        for i in T.serial(L):
-            for g in T.unroll(SCAN_INTERLEAVE):
-                acc[g] = acc[g] + T.Cast(
-                    "float64", T.fabs(xv[x0 + (q * SCAN_INTERLEAVE + g) * L + i]))
-                cs[(q * SCAN_INTERLEAVE + g) * L + i] = acc[g]
+    else:
+
+        @T.macro
+        def block_cumsum(xv, x0, cs, cs0, j):
+            # stage 1, scan block j of the sample at xv[x0:] from 0 (mcq._lane_scan): chunks
+            # of LANES values scanned in SIMD registers, the last chunk zero-padded
+            length = T.min(L, n - j * L)
+            carry = T.alloc_buffer((LANES,), "float64", scope="local")
+            carry[T.Ramp(0, 1, LANES)] = T.Broadcast(T.float64(0), LANES)
+            for k in T.serial(length // LANES):
+                v: T.float64x8 = lane_scan(T.Cast(f"float64x{LANES}", T.fabs(
+                    xv[T.Ramp(x0 + j * L + k * LANES, 1, LANES)])))
+                cs[T.Ramp(cs0 + j * L + k * LANES, 1, LANES)] = carry[T.Ramp(0, 1, LANES)] + v
+                carry[T.Ramp(0, 1, LANES)] = carry[T.Ramp(0, 1, LANES)] + last_lane(v)
+            if length % LANES != 0:
+                tail = T.alloc_buffer((LANES,), "float64", scope="local")
+                for l in T.unroll(LANES):
+                    tail[l] = T.float64(0)
+                for l in T.serial(length % LANES):
+                    tail[l] = T.Cast("float64", T.fabs(xv[x0 + j * L + length // LANES * LANES
+                                                          + l]))
+                tail[T.Ramp(0, 1, LANES)] = carry[T.Ramp(0, 1, LANES)] + lane_scan(
+                    tail[T.Ramp(0, 1, LANES)])
+                for l in T.serial(length % LANES):
+                    cs[cs0 + j * L + length // LANES * LANES + l] = tail[l]
 
     @T.macro
     def sample_cumsums(xv, x0, cs):
-        # stage 1 for all of the sample at xv[x0:]: the groups, then the other blocks one by one
-        for q in T.serial(groups):
-            group_cumsums(xv, x0, cs, q)
-        for j in T.serial(groups * SCAN_INTERLEAVE, nb):
+        # stage 1 for all of the sample at xv[x0:], block by block
+        for j in T.serial(nb):
             block_cumsum(xv, x0, cs, 0, j)
 
     @T.macro
@@ -431,13 +482,10 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
 
         @T.macro
         def sample_stages(src, cv, base, total, bstats, xi, scale, stats):
-            # one sample: its groups of scan blocks (interleaved) and other blocks in parallel
+            # one sample: its scan blocks in parallel
             cs = T.alloc_buffer((n,), "float64")
-            for task in T.parallel(groups + nb - groups * SCAN_INTERLEAVE):
-                if task < groups:
-                    group_cumsums(src, 0, cs, task)
-                else:
-                    block_cumsum(src, 0, cs, 0, task + groups * (SCAN_INTERLEAVE - 1))
+            for j in T.parallel(nb):
+                block_cumsum(src, 0, cs, 0, j)
             sample_bases(cs, 0, base, total, 0)
             for j in T.parallel(nb):
                 block_counts(src, 0, cv, cs, 0, base, total, bstats, xi, 0, j)
