@@ -389,24 +389,22 @@ def _build(shape, K, stream, out_dtype, device, threads_per_block, name, pool):
             hi = tirx.reinterpret("float32", tirx.Cast("uint32", u >> tirx.const(32, "uint64")))
             return tirx.max(lo, hi)
 
+        def pooled(xv, xw, b, c, oh, ow):
+            # the max over output (c, oh, ow)'s window of sample b
+            if pairs:  # 2x2 windows, stride 2: each row read as 64-bit pairs, max(lo, hi)
+                return tirx.max(pair_max(xw, b, c, oh, ow, 0), pair_max(xw, b, c, oh, ow, 1))
+            return pool.window_max(xv, b * n_in + c * (H * W) + oh * (SH * W) + ow * SW)
+
         @T.macro
         def pool_planes(xv, pv, p0, b, c0, planes):
             # the pooled values of channels c0 .. c0 + planes - 1 of sample b, at pv[p0:] in
             # the sampled order, where the stages read them
-            if pairs:  # 2x2 windows, stride 2: each row read as 64-bit pairs, max(lo, hi)
-                xw = T.decl_buffer((B * n_in // 2,), "uint64", data=xv.data)
-                for c in T.serial(planes):
-                    for oh in T.serial(OH):
-                        for ow in row_loop(OW):
-                            pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = T.max(
-                                pair_max(xw, b, c0 + c, oh, ow, 0),
-                                pair_max(xw, b, c0 + c, oh, ow, 1))
-            else:
-                for c in T.serial(planes):
-                    for oh in T.serial(OH):
-                        for ow in row_loop(OW):
-                            pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = pool.window_max(
-                                xv, b * n_in + (c0 + c) * (H * W) + oh * (SH * W) + ow * SW)
+            xw = T.decl_buffer((B * n_in // 2,), "uint64", data=xv.data)  # xv as 64-bit pairs
+            for c in T.serial(planes):
+                for oh in T.serial(OH):
+                    for ow in row_loop(OW):
+                        pv[p0 + ((c0 + c) * OH + oh) * OW + ow] = pooled(xv, xw, b, c0 + c, oh,
+                                                                         ow)
 
     if cuda:
         tpb = max(1, min(int(threads_per_block), tasks))

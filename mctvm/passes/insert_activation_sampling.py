@@ -88,7 +88,6 @@ class _Sampler(relax.PyExprMutator):
         per_sample = self.builder_.emit(relax.op.reshape(scale, [shape[0]] + [1] * (rank - 1)))
         return relax.op.multiply(acc, per_sample)
 
-
     def _pooled_source(self, x):
         """(the pool's input, MaxPool2d) when x is a fusable max pool's output, maybe
         reshaped, that nothing else uses; else (x, None)."""
