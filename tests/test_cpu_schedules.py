@@ -43,7 +43,8 @@ def _build(mod, target=TARGET):
     """Lower with cpu.lowering_passes and build; also say which rule took each kernel.
 
     `taken` maps kernel name -> rule name, plus "pairs" and "quads": whether the integer
-    pair path (pmaddwd / vpdpwssd) or quad path (vpdpbusd) is in the lowered program."""
+    pair path (pmaddwd / vpdpwssd) or quad path (vpdpbusd) is in the lowered program, and
+    "partitioned": whether a loop was partitioned (a group re-layout's row around padding)."""
     with target:
         fused = tvm.transform.Sequential(fusion_passes())(mod)
         taken = {}
@@ -56,6 +57,7 @@ def _build(mod, target=TARGET):
         script = lowered.script(show_meta=False)
         taken["pairs"] = "pmadd" in script
         taken["quads"] = "vpdpbusd" in script
+        taken["partitioned"] = "_partition" in script  # a loop split around padding
         executable, _ = cpu.build(lowered, target)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return (lambda *xs: vm["main"](*[tvm.runtime.tensor(x) for x in xs]).numpy()), taken
@@ -251,7 +253,7 @@ def test_int_conv_float_epilogue(rng, dtype, cout):
         return relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
 
     run, taken = _build(_single(body, x, scale))
-    assert [v for k, v in taken.items() if k not in ("pairs", "quads")] == ["Contraction"], taken
+    assert [v for k, v in taken.items() if k not in ("pairs", "quads", "partitioned")] == ["Contraction"], taken
     assert taken["pairs"] == (cout == 32 and PAIRS_EXPECTED), taken
     acc = conv_ref(x, weight, 1, 1).astype(np.int32).astype(np.float32)
     want = np.maximum(acc * scale * np.float32(0.01) + bias, 0)
@@ -299,6 +301,31 @@ def test_u8_s8_conv_quads_exact(rng, batch, cin, cout, h, k, stride, pad):
         assert taken["quads"] == quads, (target, taken)
         if not quads:
             assert taken["pairs"] == pairs, (target, taken)
+        np.testing.assert_array_equal(run(x), want)
+
+
+@pytest.mark.parametrize("batch,cin,cout,h,k,pad,partitioned", [
+    (1, 32, 32, 28, 3, 1, True),  # the built-in model's: rows of 28 (unrolled groups)
+    (2, 8, 16, 20, 5, 2, True),
+    (1, 16, 32, 16, 1, 0, False),  # no padding to partition around
+    (1, 64, 64, 7, 3, 1, True),  # rows of 7 (each group gathered into one word)
+])
+def test_group_relayout_rows_exact(rng, batch, cin, cout, h, k, pad, partitioned):
+    """Re-laying out A for quads/pairs partitions each padded row around its padding, and
+    the interior is vectorised along the row or per group: still bit-exact."""
+    x, weight = _u8_s8(rng, (batch, cin, h, h), (cout, cin, k, k))
+
+    def body(bb, xv):
+        return relax.op.nn.conv2d(xv, relax.const(weight), padding=pad, out_dtype="int32")
+
+    want = conv_ref(x.astype(np.int64), weight, 1, pad).astype(np.int32)
+    for target in (TARGET, AVX2):
+        if target is None:
+            continue
+        run, taken = _build(_single(body, x), target)
+        assert "Contraction" in taken.values(), taken
+        if taken["quads"] or taken["pairs"]:
+            assert taken["partitioned"] == partitioned, taken
         np.testing.assert_array_equal(run(x), want)
 
 
