@@ -42,7 +42,8 @@ AVX512-VNNI or AVX-VNNI (passes/pad_quad_reductions.py pads such reductions to a
 of 4 beforehand); else pairs with pmaddwd (2 per lane; 8-bit operands stored as int16) on
 x86 with AVX-512BW (or AVX2), which LLVM fuses with the accumulation into vpdpwssd where
 the CPU has VNNI. B is packed with the group innermost, A (the padded input) re-laid out
-with each group adjacent, and the (lanes x width) inner loops tensorized with an intrinsic
+with each group adjacent (each row's interior apart from its padding, interleaved by LLVM
+along long rows), and the (lanes x width) inner loops tensorized with an intrinsic
 registered here (not tvm.s_tir.tensor_intrin, whose import takes ~30 s). Otherwise integer
 loads are widened to int32 in the vector loop (vpmovsx + vpmulld: about 3x slower than
 float FMA).
