@@ -486,6 +486,31 @@ def test_pooling_and_elementwise(rng):
     np.testing.assert_allclose(run(x), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 12, 32, 32), (2, 3, 5, 40), (64, 7)])
+def test_softmax_rows(rng, shape):
+    """Softmax (max, exp, sum, divide along the last axis) per row: rows of 32 values reduce
+    in partial results side by side (a vector's lanes), rows of 40 and 7 serially."""
+    x = (_tensor(rng, shape, "float32") - 0.5) * 20
+    run, taken = _build(_single(lambda bb, xv: relax.op.nn.softmax(xv, axis=-1), x))
+    assert list(taken.values())[0] == "RowReduction", taken
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(run(x), e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 384), (3, 9, 48), (5, 20)])
+def test_layer_norm_rows(rng, shape):
+    x = _tensor(rng, shape, "float32") * 4 + 3
+    gamma = _tensor(rng, shape[-1:], "float32")
+    beta = _tensor(rng, shape[-1:], "float32")
+    run, taken = _build(_single(lambda bb, xv: relax.op.nn.layer_norm(
+        xv, relax.const(gamma), relax.const(beta), axes=[-1]), x))
+    assert list(taken.values())[0] == "RowReduction", taken
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(x64.var(axis=-1, keepdims=True) + 1e-5) * gamma + beta
+    np.testing.assert_allclose(run(x), want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_builtin_model_matches_onnxruntime(rng, batch):
     model = onnx.load(default_model())
