@@ -253,7 +253,8 @@ def test_int_conv_float_epilogue(rng, dtype, cout):
         return relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
 
     run, taken = _build(_single(body, x, scale))
-    assert [v for k, v in taken.items() if k not in ("pairs", "quads", "partitioned")] == ["Contraction"], taken
+    rules = [v for k, v in taken.items() if k not in ("pairs", "quads", "partitioned")]
+    assert rules == ["Contraction"], taken
     assert taken["pairs"] == (cout == 32 and PAIRS_EXPECTED), taken
     acc = conv_ref(x, weight, 1, 1).astype(np.int32).astype(np.float32)
     want = np.maximum(acc * scale * np.float32(0.01) + bias, 0)

@@ -42,8 +42,9 @@ y = N * P, used by both floor(y) and y - k; a fused multiply-add (TVM's LLVM tar
 FP-op fusion, `AllowFPOpFusion = Fast`) would compute N * P - k unrounded and could flip a
 comparison with xi. y is bound once (a Let), and LLVM's x86 backend only fuses a product
 with a single use (its FMA fusion is not "aggressive"), so no FMA is formed there
-(tests/test_kernel_activation_sampling.py checks the assembly for fmsub forms). On CUDA, where nvcc fuses aggressively, the product is `__dmul_rn`, which is
-never contracted. floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
+(tests/test_kernel_activation_sampling.py checks the assembly for fmsub forms). On CUDA,
+where nvcc fuses aggressively, the product is `__dmul_rn`, which is never contracted.
+floor(y) is the truncation of y (y >= 0 and y <= N < 2**52).
 
 Fused max pool. With `pool=MaxPool2d(...)` the kernel reads the pool's input and samples
 its output (flattened in row-major order: a reshape between pool and GEMM is free). On the

@@ -478,18 +478,19 @@ def _relayout_groups(sch, block, pos, width: int, ndim: int):
     loops = sch.get_loops(block)[-ndim:]
     outer, inner = sch.split(loops[pos], factors=[None, width])
     sch.reorder(outer, *loops[pos + 1:], inner)
-    row = loops[-1] if pos != ndim - 1 else None
-    interior = None if row is None else _unpadded_range(sch.get(block), _loop_extent(sch, row))
-    long_rows = row is not None and (interior[1] - interior[0] if interior
-                                     else _loop_extent(sch, row)) >= _MIN_INTERLEAVED_ROW
-    if long_rows:
+    if pos == ndim - 1:  # no row loop inside the group's
+        sch.vectorize(inner)
+        return
+    row = loops[-1]
+    extent = _loop_extent(sch, row)
+    interior = _unpadded_range(sch.get(block), extent)
+    start, stop = interior or (0, extent)
+    if stop - start >= _MIN_INTERLEAVED_ROW:
         sch.unroll(inner)
     else:
         sch.vectorize(inner)
     if interior is not None:
-        start, stop = interior
-        cuts = [start] if start else []
-        cuts += [stop - start] if stop < _loop_extent(sch, row) else []
+        cuts = ([start] if start else []) + ([stop - start] if stop < extent else [])
         sch.loop_partition(row, factors=[*cuts, None])
 
 
