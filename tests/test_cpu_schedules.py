@@ -305,15 +305,20 @@ def test_u8_s8_conv_quads_exact(rng, batch, cin, cout, h, k, stride, pad):
         np.testing.assert_array_equal(run(x), want)
 
 
-@pytest.mark.parametrize("batch,cin,cout,h,k,pad,partitioned", [
-    (1, 32, 32, 28, 3, 1, True),  # the built-in model's: rows of 28 (unrolled groups)
-    (2, 8, 16, 20, 5, 2, True),
-    (1, 16, 32, 16, 1, 0, False),  # no padding to partition around
-    (1, 64, 64, 7, 3, 1, True),  # rows of 7 (each group gathered into one word)
+@pytest.mark.parametrize("batch,cin,cout,h,k,pad,partitioned,hoisted", [
+    (1, 32, 32, 28, 3, 1, True, False),  # the built-in model's: rows of 28 (unrolled groups)
+    (2, 8, 16, 20, 5, 2, True, False),
+    (1, 16, 32, 16, 1, 0, False, False),  # no padding to partition around
+    (1, 64, 64, 7, 3, 1, True, True),  # rows of 7 (each group gathered into one word)
+    (1, 128, 128, 9, 3, 1, True, True),  # weight-stationary, 4 lane tiles
+    (3, 64, 96, 5, 3, 1, True, True),  # hoisted over a batch
 ])
-def test_group_relayout_rows_exact(rng, batch, cin, cout, h, k, pad, partitioned):
+def test_group_relayout_rows_exact(rng, caplog, batch, cin, cout, h, k, pad, partitioned,
+                                   hoisted):
     """Re-laying out A for quads/pairs partitions each padded row around its padding, and
-    the interior is vectorised along the row or per group: still bit-exact."""
+    the interior is vectorised along the row or per group; where several weight-stationary
+    lane tiles would each redo it, it runs once, hoisted (AVX-512: 32 lanes a tile). Still
+    bit-exact."""
     x, weight = _u8_s8(rng, (batch, cin, h, h), (cout, cin, k, k))
 
     def body(bb, xv):
@@ -323,10 +328,14 @@ def test_group_relayout_rows_exact(rng, batch, cin, cout, h, k, pad, partitioned
     for target in (TARGET, AVX2):
         if target is None:
             continue
-        run, taken = _build(_single(body, x), target)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="mctvm.schedule"):
+            run, taken = _build(_single(body, x), target)
         assert "Contraction" in taken.values(), taken
         if taken["quads"] or taken["pairs"]:
             assert taken["partitioned"] == partitioned, taken
+        if cpu_schedules.vector_bits(target) == 512:
+            assert ("padding hoisted" in caplog.text) == hoisted, caplog.text
         np.testing.assert_array_equal(run(x), want)
 
 

@@ -30,7 +30,8 @@ the larger operand stays). The
 accumulator tile lives in a local buffer with the lane axis innermost; the epilogue (cast,
 scale, bias, relu...) is computed per tile from it; padding is computed per parallel
 iteration (a padding-free copy is inlined), which takes whole images when a batch has
-enough of them and an image fits in cache. When v is not B's
+enough of them and an image fits in cache, or, weight-stationary with several v_o, once
+for the kernel in a parallel loop nest of its own. When v is not B's
 innermost index (conv weights OIHW), B is re-packed to ``[v_o, .., v_i]`` by a block marked
 as a layout-rewrite pre-process, which `prepack_passes` split into its own kernel and fold
 into the constant weights at compile time.
@@ -466,7 +467,7 @@ def _vectorize_inner(sch, block, lanes: int, min_extent: int = 4):
     sch.vectorize(inner)
 
 
-def _relayout_groups(sch, block, pos, width: int, ndim: int):
+def _relayout_groups(sch, block, pos, width: int, ndim: int, cores: int = 0):
     """The loop nest of a block writing A in the group layout ``[.., k // width, .., k %
     width]``: the group axis (position `pos` of its `ndim` loops) split, its `width` part
     innermost, and the row loop partitioned around the padding. Rows of at least
@@ -474,10 +475,13 @@ def _relayout_groups(sch, block, pos, width: int, ndim: int):
     along the row with interleaving shuffles (a padded 32x28x28 uint8 input re-laid out in
     1.0 us, against 2.7 us otherwise); shorter rows vectorise the group, gathered into one
     word (128x7x7: 0.7 us, against 1.4 us along the row). The partition leaves the interior
-    free of the padding's condition."""
-    loops = sch.get_loops(block)[-ndim:]
-    outer, inner = sch.split(loops[pos], factors=[None, width])
-    sch.reorder(outer, *loops[pos + 1:], inner)
+    free of the padding's condition. With `cores`, a block at the root (hoisted out of the
+    kernel's loops) runs its outer loops in parallel."""
+    loops = sch.get_loops(block)[pos - ndim:]  # the group's loop and those inside it
+    outer, inner = sch.split(loops[0], factors=[None, width])
+    sch.reorder(outer, *loops[1:], inner)
+    if cores and len(sch.get_loops(block)) > 2:
+        _parallel_prefix(sch, sch.get_loops(block)[:-2], 1, cores)
     if pos == ndim - 1:  # no row loop inside the group's
         sch.vectorize(inner)
         return
@@ -665,6 +669,7 @@ class Contraction(_CPURule):
             return loops[position[var]]
 
         v_o, v_i = sch.split(loop(lane), factors=[None, v_tile])
+        lane_tiles = _loop_extent(sch, v_o)
         tiles = [v_o]
         inner = []
         if row2 is not None:
@@ -684,10 +689,16 @@ class Contraction(_CPURule):
             reduce_loops[k] = k_o
             lane_loops = [*sch.split(v_i, factors=[None, lanes]), k_i]
         stationary = _weight_stationary(mac, a, b, lane, v_tile, outer, a_wide, b_wide)
-        log.debug("Contraction: tiles of %d lanes x %s rows, %s-stationary%s", v_tile,
+        # weight-stationary iterations (v_o) would each recompute all of A's padding and
+        # re-layout: it runs once instead, hoisted into a parallel loop nest of its own
+        # (ResNet-18, batch 1: integer 512->512 convs at 7x7 205 -> 145 us, 128->128 at
+        # 28x28 153 -> 135 us; float 512->512 680 -> 600-630 us)
+        hoist = stationary and lane_tiles > 1
+        log.debug("Contraction: tiles of %d lanes x %s rows, %s-stationary%s%s", v_tile,
                   "x".join(str(_loop_extent(sch, r)) for r in inner) or "1",
                   "weight" if stationary else "input",
-                  "" if k_group is None else f", integer groups of {width}")
+                  "" if k_group is None else f", integer groups of {width}",
+                  ", padding hoisted" if hoist else "")
         heads = [tiles[0], *outer_loops] if stationary else [*outer_loops, tiles[0]]
         candidates = heads + tiles[1:]
         sch.reorder(*candidates, *reduce_loops, *inner, *lane_loops)
@@ -701,15 +712,20 @@ class Contraction(_CPURule):
         min_fused = 1 if stationary or image_bytes <= _CACHE_BYTES // 2 else len(outer_loops)
         fused, take = _parallel_prefix(sch, candidates, min_fused, num_cores(target))
         tile_loop = candidates[-1] if take < len(candidates) else fused
-        # padding per iteration of the outer loops (a separate parallel loop nest for it
-        # measured slower at batch 1, even where iterations recompute it for several v_o)
-        pad_loop = candidates[len(heads) - 1] if stationary and take < len(heads) else fused
-
+        # padding per iteration of the outer loops, unless hoisted
+        pad_loop = None if hoist else \
+            candidates[len(heads) - 1] if stationary and take < len(heads) else fused
         for block in out_blocks:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
         producers = _place_producers(sch, kernel.producers, pad_loop, inline=k_group is None)
-        if a_cache is not None:
+        if a_cache is not None and pad_loop is not None:
             sch.compute_at(a_cache, pad_loop, preserve_unit_loops=True)
+        if hoist:  # hoisted blocks run their outer loops in parallel (a re-laid one below)
+            for block in producers + ([a_cache] if a_cache is not None else []):
+                loops = sch.get_loops(block)
+                if len(loops) > 1 and (relaid is None
+                                       or not sch.get(block).same_as(sch.get(relaid))):
+                    _parallel_prefix(sch, loops[:-1], 1, num_cores(target))
 
         for row_loop in inner:
             if _loop_extent(sch, row_loop) > 1:
@@ -728,7 +744,8 @@ class Contraction(_CPURule):
                 _Operand16(str(b.buffer.dtype), b_wide)))
         if relaid is not None:
             producers = [p for p in producers if not sch.get(p).same_as(sch.get(relaid))]
-            _relayout_groups(sch, relaid, _index_of(a.indices, k_group), width, len(a.indices))
+            _relayout_groups(sch, relaid, _index_of(a.indices, k_group), width, len(a.indices),
+                             num_cores(target) if hoist else 0)
         for block in out_blocks + producers:
             _vectorize_inner(sch, block, lanes)
         return sch
