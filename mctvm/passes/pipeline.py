@@ -14,6 +14,7 @@ from tvm import relax
 from .fold_mcq_weights import FoldMCQWeights
 from .insert_activation_sampling import InsertActivationSampling
 from .insert_mca_noise import InsertMCANoise
+from .lower_max_pool import LowerMaxPool
 from .lower_sparse_gemm import LowerSparseGEMM
 from .plan_mcq_layers import PlanMCQLayers
 from .round_to_float_format import RoundToFloatFormat
@@ -47,6 +48,10 @@ def graph_phases(target, mcq=None, onnx_gemms=(), mca=None, float_format=None) -
     if mca is not None:
         # Monte Carlo Arithmetic: inexact() around GEMM/convs and on the outputs (MCDA).
         phases.append(("mca-noise", [InsertMCANoise(**mca)]))
+    if _device(target) == "cpu":
+        # Max pools as mctvm's kernel (plain vector loads, not TVM's strided gathers); after
+        # the MCQ phases, which fuse some pools into the sampling and read others as ops.
+        phases.append(("cpu-kernels", [LowerMaxPool()]))
     # exp, erf, tanh and softmax as TVM's vectorisable polynomial forms (about 1e-7 relative
     # error), not scalar libm calls: GELU and attention run in SIMD lanes.
     phases.append(("fast-math", [relax.transform.FastMathTransform()]))
