@@ -480,8 +480,9 @@ def _relayout_groups(sch, block, pos, width: int, ndim: int, cores: int = 0):
     loops = sch.get_loops(block)[pos - ndim:]  # the group's loop and those inside it
     outer, inner = sch.split(loops[0], factors=[None, width])
     sch.reorder(outer, *loops[1:], inner)
-    if cores and len(sch.get_loops(block)) > 2:
-        _parallel_prefix(sch, sch.get_loops(block)[:-2], 1, cores)
+    above = sch.get_loops(block)[:-2]  # the loops outside the row (or group) and group lanes
+    if cores and above:
+        _parallel_prefix(sch, above, 1, cores)
     if pos == ndim - 1:  # no row loop inside the group's
         sch.vectorize(inner)
         return
@@ -720,8 +721,9 @@ class Contraction(_CPURule):
         producers = _place_producers(sch, kernel.producers, pad_loop, inline=k_group is None)
         if a_cache is not None and pad_loop is not None:
             sch.compute_at(a_cache, pad_loop, preserve_unit_loops=True)
-        if hoist:  # hoisted blocks run their outer loops in parallel (a re-laid one below)
-            for block in producers + ([a_cache] if a_cache is not None else []):
+        if hoist:  # hoisted blocks run their outer loops in parallel (a re-laid one below,
+            # which a_cache always is)
+            for block in producers:
                 loops = sch.get_loops(block)
                 if len(loops) > 1 and (relaid is None
                                        or not sch.get(block).same_as(sch.get(relaid))):
